@@ -1,0 +1,152 @@
+//! Turning the bytes of an export into a JSON value, safely.
+//!
+//! Dify exports are PyYAML dumps; the console's export API wraps them as `{"data": "<yaml>"}`.
+//! Untrusted input goes through serde-saphyr with budgets, so alias bombs and absurd nesting
+//! are refused with an error instead of exhausting memory.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::DslError;
+
+/// Dify refuses DSL files above 10 MiB (`DSL_MAX_SIZE`); so do we.
+pub const MAX_DSL_BYTES: usize = 10 * 1024 * 1024;
+
+/// Deeper documents than this are not DSL exports; refusing them keeps recursion bounded.
+const MAX_DEPTH: usize = 128;
+
+/// The decoded document plus what is needed to point at lines of the original text.
+pub(crate) struct Decoded {
+    pub value: Value,
+    /// The YAML text the value came from (the inner text when the input was a JSON wrapper).
+    pub yaml_text: String,
+    pub lines: LineIndex,
+}
+
+pub(crate) fn decode(text: &str) -> Result<Decoded, DslError> {
+    if text.len() > MAX_DSL_BYTES {
+        return Err(DslError::TooLarge { size: text.len(), limit: MAX_DSL_BYTES });
+    }
+    let trimmed = text.trim_start_matches('\u{feff}');
+    let value = parse_yaml(trimmed)?;
+    // The console export API wraps the YAML in a JSON object with a single `data` string.
+    if let Value::Object(map) = &value
+        && map.len() == 1
+        && let Some(Value::String(inner)) = map.get("data")
+    {
+        let inner_value = parse_yaml(inner)?;
+        let lines = LineIndex::build(inner);
+        return Ok(Decoded { value: inner_value, yaml_text: inner.clone(), lines });
+    }
+    let lines = LineIndex::build(trimmed);
+    Ok(Decoded { value, yaml_text: trimmed.to_owned(), lines })
+}
+
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_aliases = 10_000;
+    budget.max_nodes = 2_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    // PyYAML (which writes Dify exports) reads `y`, `n` and the like as strings, and quotes
+    // `yes`/`no`/`on`/`off` when they are strings; only true/false are booleans here.
+    options.strict_booleans = true;
+    options.alias_limits.max_total_replayed_events = 200_000;
+    options
+}
+
+fn parse_yaml(text: &str) -> Result<Value, DslError> {
+    if text.trim().is_empty() {
+        return Err(DslError::NotMapping { found: "an empty document" });
+    }
+    let value: Value = serde_saphyr::from_str_with_options(text, options()).map_err(|error| {
+        let (line, column) = error
+            .location()
+            .map(|location| (u32::try_from(location.line()).ok(), u32::try_from(location.column()).ok()))
+            .unwrap_or((None, None));
+        DslError::Yaml { message: first_line(&error.to_string()), line, column }
+    })?;
+    check_depth(&value, 0)?;
+    Ok(value)
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().find(|line| !line.trim().is_empty()).unwrap_or(message).trim().to_owned()
+}
+
+fn check_depth(value: &Value, depth: usize) -> Result<(), DslError> {
+    if depth > MAX_DEPTH {
+        return Err(DslError::TooDeep { limit: MAX_DEPTH });
+    }
+    match value {
+        Value::Array(items) => items.iter().try_for_each(|item| check_depth(item, depth + 1)),
+        Value::Object(map) => map.values().try_for_each(|item| check_depth(item, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
+/// Line numbers of graph nodes and edges in the YAML text, so errors can say "line N".
+#[derive(Debug, Default, Clone)]
+pub struct LineIndex {
+    nodes: HashMap<String, u32>,
+    edges: Vec<u32>,
+}
+
+impl LineIndex {
+    fn build(yaml_text: &str) -> Self {
+        // A second, shallow parse that records where each node and edge mapping starts.
+        #[derive(Deserialize)]
+        struct Probe {
+            workflow: Option<WorkflowProbe>,
+        }
+        #[derive(Deserialize)]
+        struct WorkflowProbe {
+            graph: Option<GraphProbe>,
+        }
+        #[derive(Deserialize)]
+        struct GraphProbe {
+            #[serde(default)]
+            nodes: Vec<serde_saphyr::Spanned<NodeProbe>>,
+            #[serde(default)]
+            edges: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+        }
+        #[derive(Deserialize)]
+        struct NodeProbe {
+            id: Option<serde_json::Value>,
+        }
+        let Ok(probe) = serde_saphyr::from_str_with_options::<Probe>(yaml_text, options()) else {
+            return Self::default();
+        };
+        let Some(graph) = probe.workflow.and_then(|workflow| workflow.graph) else {
+            return Self::default();
+        };
+        let mut nodes = HashMap::new();
+        for node in graph.nodes {
+            let id = match node.value.id {
+                Some(Value::String(id)) => id,
+                Some(Value::Number(number)) => number.to_string(),
+                _ => continue,
+            };
+            if let Ok(line) = u32::try_from(node.referenced.line()) {
+                nodes.entry(id).or_insert(line);
+            }
+        }
+        let edges = graph
+            .edges
+            .iter()
+            .map(|edge| u32::try_from(edge.referenced.line()).unwrap_or(0))
+            .collect();
+        Self { nodes, edges }
+    }
+
+    pub fn node(&self, id: &str) -> Option<u32> {
+        self.nodes.get(id).copied()
+    }
+
+    pub fn edge(&self, index: usize) -> Option<u32> {
+        self.edges.get(index).copied()
+    }
+}

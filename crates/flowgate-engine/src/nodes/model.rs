@@ -1,0 +1,629 @@
+//! Model-backed nodes (llm, question-classifier, parameter-extractor). Prompts are rendered
+//! here; the call itself goes through the model port, which streams tokens back.
+
+use std::sync::Arc;
+
+use flowgate_dsl::nodes::{
+    ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData,
+};
+
+use super::jinja::JinjaTemplate;
+use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
+use crate::plan::SelectorResolver;
+use crate::pool::{Pool, Selector};
+use crate::ports::{ChatMessage, ModelCall, ModelReply, TextSink, Usage};
+use crate::template::{Render, TextTemplate};
+use crate::value::{Map, SegType, Value, map_of, map_with_capacity};
+
+#[derive(Debug)]
+enum MessageText {
+    Basic(TextTemplate),
+    Jinja(JinjaTemplate),
+}
+
+#[derive(Debug)]
+struct PromptPart {
+    role: String,
+    text: MessageText,
+    /// Whether the text contains `{{#context#}}`.
+    uses_context: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ModelSettings {
+    provider: String,
+    name: String,
+    mode: String,
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ModelSettings {
+    fn from(config: &ModelConfig) -> Self {
+        Self {
+            provider: config.provider.clone(),
+            name: config.name.clone(),
+            mode: if config.mode.is_empty() { "chat".into() } else { config.mode.clone() },
+            parameters: config.completion_params.clone(),
+        }
+    }
+
+    fn call(&self, ctx: &NodeCtx<'_>, messages: Vec<ChatMessage>, json_schema: Option<serde_json::Value>) -> ModelCall {
+        let stop = self
+            .parameters
+            .get("stop")
+            .and_then(serde_json::Value::as_array)
+            .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut parameters = self.parameters.clone();
+        parameters.remove("stop");
+        ModelCall {
+            context: ctx.port_context(),
+            provider: self.provider.clone(),
+            model: self.name.clone(),
+            mode: self.mode.clone(),
+            parameters,
+            messages,
+            stop,
+            json_schema,
+        }
+    }
+}
+
+const CONTEXT_PLACEHOLDER: &str = "{{#context#}}";
+
+#[derive(Debug)]
+pub struct LlmNode {
+    model: ModelSettings,
+    prompt: Vec<PromptPart>,
+    jinja_bindings: Vec<(Arc<str>, Selector)>,
+    context: Option<Selector>,
+    separate_reasoning: bool,
+    structured_output: Option<serde_json::Value>,
+}
+
+impl LlmNode {
+    pub fn compile(data: &LlmData, resolver: &SelectorResolver<'_>) -> Self {
+        let messages = match &data.prompt_template {
+            PromptTemplate::Chat(messages) => messages.clone(),
+            PromptTemplate::Completion(message) => {
+                vec![flowgate_dsl::nodes::PromptMessage { role: "user".into(), ..message.clone() }]
+            }
+        };
+        let prompt = messages
+            .iter()
+            .map(|message| {
+                let jinja = message.edition_type.as_deref() == Some("jinja2");
+                let source = if jinja { message.jinja2_text.clone().unwrap_or_default() } else { message.text.clone() };
+                PromptPart {
+                    role: if message.role.is_empty() { "user".into() } else { message.role.clone() },
+                    uses_context: source.contains(CONTEXT_PLACEHOLDER),
+                    text: if jinja {
+                        MessageText::Jinja(JinjaTemplate::compile(&source))
+                    } else {
+                        MessageText::Basic(TextTemplate::compile(&source, resolver))
+                    },
+                }
+            })
+            .collect();
+        Self {
+            model: ModelSettings::from(&data.model),
+            prompt,
+            jinja_bindings: compile_bindings(&data.prompt_config.jinja2_variables, resolver),
+            context: data
+                .context
+                .enabled
+                .then(|| data.context.variable_selector.as_ref().map(|selector| resolver.selector(selector)))
+                .flatten(),
+            separate_reasoning: data.reasoning_format.as_deref() == Some("separated"),
+            structured_output: data
+                .structured_output_switch_on
+                .then(|| data.structured_output.clone().and_then(|output| output.get("schema").cloned().or(Some(output))))
+                .flatten(),
+        }
+    }
+
+    fn messages(&self, pool: &Pool) -> Result<Vec<ChatMessage>, String> {
+        let context = self.context.as_ref().and_then(|selector| pool.get(selector)).map(|value| context_text(&value));
+        let jinja_inputs = bound_inputs(&self.jinja_bindings, pool);
+        let mut messages = Vec::with_capacity(self.prompt.len());
+        for part in &self.prompt {
+            let mut content = match &part.text {
+                MessageText::Basic(template) => template.render(pool, Render::Text),
+                MessageText::Jinja(template) => template.render(&jinja_inputs)?,
+            };
+            if part.uses_context {
+                content = content.replace(CONTEXT_PLACEHOLDER, context.as_deref().unwrap_or(""));
+            }
+            messages.push(ChatMessage { role: part.role.clone(), content, files: Vec::new() });
+        }
+        Ok(messages)
+    }
+
+    pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
+        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let messages = match self.messages(ctx.pool) {
+            Ok(messages) => messages,
+            Err(error) => return Exec::Done(NodeResult::failed(error, "TemplateRenderError")),
+        };
+        let inputs = prompt_inputs(&self.model, &messages);
+        let call = self.model.call(ctx, messages, self.structured_output.clone());
+        let chunks = ctx.chunks.clone();
+        let selector: Arc<[String]> = Arc::from(vec![ctx.node.id.to_string(), "text".to_owned()]);
+        let stream_selector = selector.clone();
+        let stream_chunks = chunks.clone();
+        let stream: TextSink = Arc::new(move |text: &str| stream_chunks.send(&stream_selector, text, false));
+        let separate_reasoning = self.separate_reasoning;
+        let structured = self.structured_output.is_some();
+        Exec::Pending(Box::pin(async move {
+            let result = port.invoke(call, stream).await;
+            chunks.send(&selector, "", true);
+            match result {
+                Err(error) => NodeResult { inputs: Some(Arc::new(inputs)), ..NodeResult::failed(error.message, "LLMNodeError") },
+                Ok(reply) => {
+                    let outputs = llm_outputs(reply.clone(), separate_reasoning, structured);
+                    NodeResult {
+                        inputs: Some(Arc::new(inputs)),
+                        metadata: Some(Arc::new(usage_metadata(&reply.usage))),
+                        usage: Some(reply.usage),
+                        ..NodeResult::succeeded(outputs)
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn context_text(value: &Value) -> String {
+    match value {
+        Value::Str(text) => text.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Object(map) => map.get("content").map(Value::to_text).unwrap_or_else(|| item.to_text()),
+                other => other.to_text(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_text(),
+    }
+}
+
+fn prompt_inputs(model: &ModelSettings, messages: &[ChatMessage]) -> Map {
+    let prompts = messages
+        .iter()
+        .map(|message| Value::object(map_of([("role", Value::str(message.role.as_str())), ("text", Value::str(message.content.as_str()))])))
+        .collect();
+    map_of([
+        ("model_provider", Value::str(model.provider.as_str())),
+        ("model_name", Value::str(model.name.as_str())),
+        ("prompts", Value::array(prompts)),
+    ])
+}
+
+pub(crate) fn usage_metadata(usage: &Usage) -> Map {
+    map_of([
+        ("total_tokens", Value::Int(usage.total_tokens)),
+        ("total_price", Value::from(format!("{:?}", usage.total_price))),
+        ("currency", Value::str(if usage.currency.is_empty() { "USD" } else { &usage.currency })),
+    ])
+}
+
+/// Splits `<think>…</think>` out of the text when the node asks for separated reasoning.
+fn llm_outputs(reply: ModelReply, separate_reasoning: bool, structured: bool) -> Map {
+    let (text, reasoning) = if separate_reasoning && reply.reasoning_content.is_empty() {
+        split_think(&reply.text)
+    } else {
+        (reply.text.clone(), reply.reasoning_content.clone())
+    };
+    let mut outputs = map_with_capacity(5);
+    outputs.insert(Arc::from("text"), Value::from(text.clone()));
+    outputs.insert(Arc::from("reasoning_content"), Value::from(reasoning));
+    outputs.insert(Arc::from("usage"), reply.usage.to_value());
+    outputs.insert(Arc::from("finish_reason"), reply.finish_reason.map_or(Value::None, Value::from));
+    if structured {
+        let parsed = reply.structured_output.or_else(|| serde_json::from_str::<serde_json::Value>(text.trim()).ok().map(Value::from));
+        outputs.insert(Arc::from("structured_output"), parsed.unwrap_or_else(|| Value::object(Map::default())));
+    }
+    outputs
+}
+
+fn split_think(text: &str) -> (String, String) {
+    let mut visible = String::new();
+    let mut reasoning = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<think>") {
+        visible.push_str(&rest[..start]);
+        let after = &rest[start + "<think>".len()..];
+        match after.find("</think>") {
+            Some(end) => {
+                reasoning.push_str(after[..end].trim());
+                rest = &after[end + "</think>".len()..];
+            }
+            None => {
+                reasoning.push_str(after.trim());
+                rest = "";
+            }
+        }
+    }
+    visible.push_str(rest);
+    (visible.trim_start().to_owned(), reasoning)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Class {
+    id: Arc<str>,
+    name: TextTemplate,
+    label: String,
+}
+
+#[derive(Debug)]
+pub struct QuestionClassifierNode {
+    model: ModelSettings,
+    query: Selector,
+    classes: Vec<Class>,
+    instruction: TextTemplate,
+}
+
+impl QuestionClassifierNode {
+    pub fn compile(data: &QuestionClassifierData, resolver: &SelectorResolver<'_>) -> Self {
+        Self {
+            model: ModelSettings::from(&data.model),
+            query: resolver.selector(&data.query_variable_selector),
+            classes: data
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(index, class)| Class {
+                    id: Arc::from(class.id.as_str()),
+                    name: TextTemplate::compile(&class.name, resolver),
+                    label: if class.label.is_empty() { format!("CLASS {}", index + 1) } else { class.label.clone() },
+                })
+                .collect(),
+            instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
+        }
+    }
+
+    pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
+        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let query = ctx.pool.get(&self.query).map(|value| value.to_text()).unwrap_or_default();
+        let classes: Vec<(Arc<str>, String, String)> = self
+            .classes
+            .iter()
+            .map(|class| (class.id.clone(), class.name.render(ctx.pool, Render::Text), class.label.clone()))
+            .collect();
+        if classes.is_empty() {
+            return Exec::Done(NodeResult::failed("the question classifier has no classes", "ValueError"));
+        }
+        let instruction = self.instruction.render(ctx.pool, Render::Text);
+        let categories: Vec<Value> = classes
+            .iter()
+            .map(|(id, name, _)| Value::object(map_of([("category_id", Value::Str(id.clone())), ("category_name", Value::from(name.clone()))])))
+            .collect();
+        let system = format!(
+            "### Job Description\nYou are a text classification engine that analyzes text data and assigns categories based on user input or automatically determined categories.\n### Task\nYour task is to assign one category ONLY to the input text and only one category may be assigned returned in the output. Additionally, you need to extract the key words from the text that are related to the classification.\n### Format\nThe input text is in the variable input_text. Categories are specified as a category list with two filed category_id and category_name in the variable categories. Classification instructions may be included to improve the classification accuracy.\n### Constraint\nDO NOT include anything other than the JSON array in your response.\n### Categories\n{}\n### Classification instructions\n{instruction}",
+            crate::pyfmt::json_dumps(&Value::array(categories), None)
+        );
+        let messages = vec![
+            ChatMessage { role: "system".into(), content: system, files: Vec::new() },
+            ChatMessage { role: "user".into(), content: format!("{{\"input_text\": [{}]}}", crate::pyfmt::json_dumps(&Value::from(query.clone()), None)), files: Vec::new() },
+        ];
+        let call = self.model.call(ctx, messages, None);
+        let inputs = map_of([("query", Value::from(query))]);
+        Exec::Pending(Box::pin(async move {
+            let discard: TextSink = Arc::new(|_: &str| {});
+            let reply = match port.invoke(call, discard).await {
+                Ok(reply) => reply,
+                Err(error) => return NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs),
+            };
+            let metadata = Arc::new(usage_metadata(&reply.usage));
+            let (id, name, label) = match resolve_category(&classes, &reply.text) {
+                Ok(category) => category,
+                Err(error) => return NodeResult { metadata: Some(metadata), ..NodeResult::failed(error, "ValueError").with_inputs(inputs) },
+            };
+            let outputs = map_of([
+                ("class_name", Value::from(name)),
+                ("class_label", Value::from(label)),
+                ("class_id", Value::Str(id.clone())),
+                ("usage", reply.usage.to_value()),
+            ]);
+            NodeResult {
+                handle: Some(id),
+                metadata: Some(metadata),
+                usage: Some(reply.usage),
+                ..NodeResult::succeeded(outputs).with_inputs(inputs)
+            }
+        }))
+    }
+}
+
+/// Dify: the model answers JSON with `category_id`; an unknown id falls back to the first
+/// class, and text without any JSON fails the node.
+fn resolve_category(classes: &[(Arc<str>, String, String)], text: &str) -> Result<(Arc<str>, String, String), String> {
+    let (first_id, first_name, first_label) = classes[0].clone();
+    let cleaned = strip_think(text);
+    let parsed = parse_json_markdown(&cleaned)?;
+    let object = match parsed {
+        serde_json::Value::Object(map) => map,
+        serde_json::Value::Array(items) if items.len() == 1 && items[0].is_object() => {
+            items[0].as_object().cloned().unwrap_or_default()
+        }
+        other => return Err(format!("got invalid return object. obj:{}", crate::pyfmt::py_str(&Value::from(&other)))),
+    };
+    if !object.contains_key("category_name") || !object.contains_key("category_id") {
+        return Ok((first_id, first_name, first_label));
+    }
+    let wanted = object.get("category_id").and_then(serde_json::Value::as_str).unwrap_or_default();
+    Ok(classes
+        .iter()
+        .find(|(id, _, _)| &**id == wanted)
+        .cloned()
+        .unwrap_or((first_id, first_name, first_label)))
+}
+
+fn strip_think(text: &str) -> String {
+    if !text.contains("<think") {
+        return text.to_owned();
+    }
+    split_think(text).0
+}
+
+/// Dify's `parse_json_markdown`: the first JSON object or array in the text, with or without a
+/// code fence.
+fn parse_json_markdown(text: &str) -> Result<serde_json::Value, String> {
+    let text = text.trim();
+    let mut start = None;
+    for marker in ["```json", "```", "``", "`", "{", "["] {
+        if let Some(index) = text.find(marker) {
+            start = Some(if marker == "{" || marker == "[" { index } else { index + marker.len() });
+            break;
+        }
+    }
+    let mut end = None;
+    if let Some(start) = start {
+        for marker in ["```", "``", "`", "}", "]"] {
+            if let Some(index) = text[start..].rfind(marker).map(|index| index + start) {
+                end = Some(if marker == "}" || marker == "]" { index + 1 } else { index });
+                break;
+            }
+        }
+    }
+    match (start, end) {
+        (Some(start), Some(end)) if start < end => serde_json::from_str(text[start..end].trim())
+            .map_err(|error| format!("got invalid json object. error: {}", crate::condition::json_error_message(&error))),
+        _ => Err("could not find json block in the output.".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Parameter {
+    name: Arc<str>,
+    kind: Option<SegType>,
+    options: Option<Vec<String>>,
+    description: String,
+    required: bool,
+}
+
+#[derive(Debug)]
+pub struct ParameterExtractorNode {
+    model: ModelSettings,
+    query: Selector,
+    parameters: Vec<Parameter>,
+    instruction: TextTemplate,
+}
+
+fn parameter_type(parameter: &ExtractedParameter) -> Option<SegType> {
+    match parameter.kind.as_str() {
+        "bool" => Some(SegType::Boolean),
+        "select" => Some(SegType::String),
+        other => SegType::parse(other),
+    }
+}
+
+impl ParameterExtractorNode {
+    pub fn compile(data: &ParameterExtractorData, resolver: &SelectorResolver<'_>) -> Self {
+        Self {
+            model: ModelSettings::from(&data.model),
+            query: resolver.selector(&data.query),
+            parameters: data
+                .parameters
+                .iter()
+                .map(|parameter| Parameter {
+                    name: Arc::from(parameter.name.as_str()),
+                    kind: parameter_type(parameter),
+                    options: parameter.options.clone().filter(|options| !options.is_empty()),
+                    description: parameter.description.clone(),
+                    required: parameter.required,
+                })
+                .collect(),
+            instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
+        }
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        for parameter in &self.parameters {
+            let kind = parameter.kind.map_or("string", SegType::as_str);
+            let mut schema = serde_json::json!({"description": parameter.description});
+            if let Some(element) = parameter.kind.and_then(SegType::element) {
+                schema["type"] = "array".into();
+                schema["items"] = serde_json::json!({"type": element.as_str()});
+            } else {
+                schema["type"] = kind.into();
+            }
+            if let Some(options) = &parameter.options {
+                schema["enum"] = options.clone().into();
+            }
+            properties.insert(parameter.name.to_string(), schema);
+            if parameter.required {
+                required.push(serde_json::Value::String(parameter.name.to_string()));
+            }
+        }
+        serde_json::json!({"type": "object", "properties": properties, "required": required})
+    }
+
+    pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
+        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let query = ctx.pool.get(&self.query).map(|value| value.to_text()).unwrap_or_default();
+        let instruction = self.instruction.render(ctx.pool, Render::Text);
+        let schema = self.schema();
+        let system = format!(
+            "You are a helpful assistant tasked with extracting structured information based on specific criteria provided. Follow the guidelines below to ensure consistency and accuracy.\n### Task\nAlways call the `extract_parameters` function with the correct parameters. Ensure that the information extraction is contextual and aligns with the provided criteria.\n### Instructions\n{instruction}\n### Structure\nHere is the structure of the expected output, I should always follow the output structure.\n{schema}"
+        );
+        let messages = vec![
+            ChatMessage { role: "system".into(), content: system, files: Vec::new() },
+            ChatMessage { role: "user".into(), content: query.clone(), files: Vec::new() },
+        ];
+        let call = self.model.call(ctx, messages, Some(schema));
+        let inputs = map_of([("query", Value::from(query))]);
+        let parameters: Vec<(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)> = self
+            .parameters
+            .iter()
+            .map(|parameter| (parameter.name.clone(), parameter.kind, parameter.options.clone(), parameter.required))
+            .collect();
+        Exec::Pending(Box::pin(async move {
+            let discard: TextSink = Arc::new(|_: &str| {});
+            let reply = match port.invoke(call, discard).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    let outputs = map_of([
+                        ("__is_success", Value::Int(0)),
+                        ("__reason", Value::str("Failed to invoke model")),
+                        ("__error", Value::from(error.message.clone())),
+                    ]);
+                    return NodeResult { outputs: Arc::new(outputs), ..NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs) };
+                }
+            };
+            let (result, mut error) = match extract_json_object(&reply.text) {
+                Some(result) => (result, None),
+                None => (
+                    default_result(&parameters),
+                    Some("Failed to extract result from function call or text response, using empty result.".to_owned()),
+                ),
+            };
+            if let Err(message) = validate_parameters(&parameters, &result) {
+                error = Some(message);
+            }
+            let mut outputs = map_with_capacity(parameters.len() + 3);
+            outputs.insert(Arc::from("__is_success"), Value::Int(i64::from(error.is_none())));
+            outputs.insert(Arc::from("__reason"), error.map_or(Value::None, Value::from));
+            outputs.insert(Arc::from("__usage"), reply.usage.to_value());
+            for (name, kind, _, _) in &parameters {
+                outputs.insert(name.clone(), transform_parameter(*kind, result.get(&**name)));
+            }
+            NodeResult {
+                metadata: Some(Arc::new(usage_metadata(&reply.usage))),
+                usage: Some(reply.usage),
+                ..NodeResult::succeeded(outputs).with_inputs(inputs)
+            }
+        }))
+    }
+}
+
+/// The first JSON object in the text (Dify scans for `{`/`[` and keeps the first that parses
+/// to a mapping).
+fn extract_json_object(text: &str) -> Option<Map> {
+    for (index, ch) in text.char_indices() {
+        if ch != '{' && ch != '[' {
+            continue;
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text[index..]).into_iter::<serde_json::Value>();
+        if let Some(Ok(serde_json::Value::Object(map))) = stream.next() {
+            return match Value::from(serde_json::Value::Object(map)) {
+                Value::Object(map) => Some((*map).clone()),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+fn default_result(parameters: &[(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)]) -> Map {
+    let mut result = Map::default();
+    for (name, kind, _, _) in parameters {
+        let value = match kind {
+            Some(SegType::Number) => Value::Int(0),
+            Some(SegType::Boolean) => Value::Bool(false),
+            Some(SegType::String) => Value::str(""),
+            _ => continue,
+        };
+        result.insert(name.clone(), value);
+    }
+    result
+}
+
+fn validate_parameters(parameters: &[(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)], result: &Map) -> Result<(), String> {
+    if parameters.len() != result.len() {
+        return Err("Invalid number of parameters".into());
+    }
+    for (name, kind, options, required) in parameters {
+        if *required && !result.contains_key(&**name) {
+            return Err(format!("Parameter {name} is required"));
+        }
+        let value = result.get(&**name).cloned().unwrap_or_default();
+        if let Some(kind) = kind
+            && !kind.accepts(&value)
+        {
+            return Err(format!(
+                "Invalid value for parameter {name}, expected segment type: {}, actual_type: {}, python_value: {}",
+                kind.as_str(),
+                value.seg_type().as_str(),
+                crate::pyfmt::py_str(&value)
+            ));
+        }
+        if kind == &Some(SegType::String)
+            && let Some(options) = options
+            && !value.as_str().is_some_and(|text| options.iter().any(|option| option == text))
+        {
+            return Err(format!("Invalid `select` value for parameter {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn transform_parameter(kind: Option<SegType>, value: Option<&Value>) -> Value {
+    let default = || match kind {
+        Some(SegType::Number) => Value::Int(0),
+        Some(SegType::Boolean) => Value::Bool(false),
+        Some(SegType::String) => Value::str(""),
+        Some(array) if array.is_array() => Value::array(Vec::new()),
+        _ => Value::None,
+    };
+    let Some(value) = value else { return default() };
+    match kind {
+        Some(SegType::Number) => match value {
+            Value::Int(_) | Value::Float(_) => value.clone(),
+            Value::Str(text) => crate::pyfmt::parse_float(text).map_or_else(|_| default(), |float| {
+                if text.contains('.') { Value::Float(float) } else { Value::Int(float as i64) }
+            }),
+            _ => default(),
+        },
+        Some(SegType::Boolean) => match value {
+            Value::Bool(_) => value.clone(),
+            Value::Str(text) => Value::Bool(text.eq_ignore_ascii_case("true")),
+            _ => default(),
+        },
+        Some(SegType::String) => match value {
+            Value::Str(_) => value.clone(),
+            _ => default(),
+        },
+        Some(array) if array.is_array() => match value {
+            Value::Array(items) => {
+                let element = array.element();
+                Value::array(
+                    items
+                        .iter()
+                        .filter(|item| element.is_none_or(|element| element.accepts(item)))
+                        .cloned()
+                        .collect(),
+                )
+            }
+            _ => default(),
+        },
+        _ => value.clone(),
+    }
+}

@@ -1,0 +1,51 @@
+use std::sync::Arc;
+
+use flowgate_dsl::nodes::{InputType, StartData};
+
+use super::{NodeCtx, NodeResult};
+use crate::pool::Slot;
+use crate::value::{Map, Value, map_with_capacity};
+
+/// The start node publishes the run's inputs (seeded into its slot before the run) and, as
+/// Dify does, every other variable of the pool under `namespace.name` keys.
+#[derive(Debug)]
+pub struct StartNode {
+    json_objects: Vec<(Arc<str>, bool)>,
+}
+
+impl StartNode {
+    pub fn compile(data: &StartData) -> Self {
+        let json_objects = data
+            .variables
+            .iter()
+            .filter(|variable| variable.kind == InputType::JsonObject)
+            .map(|variable| (Arc::from(variable.variable.as_str()), variable.required))
+            .collect();
+        Self { json_objects }
+    }
+
+    pub fn run(&self, ctx: &NodeCtx<'_>) -> NodeResult {
+        let slot = Slot::Node(ctx.index);
+        let inputs: Map = ctx.pool.entries(slot).map(|(key, value)| (key.clone(), value.clone())).collect();
+        for (name, required) in &self.json_objects {
+            match inputs.get(name) {
+                None | Some(Value::None) if *required => {
+                    return NodeResult::failed(format!("{name} is required in input form"), "ValueError").with_inputs(inputs);
+                }
+                Some(value) if value.truthy() && !matches!(value, Value::Object(_)) => {
+                    return NodeResult::failed(format!("JSON object for '{name}' must be an object"), "TypeError")
+                        .with_inputs(inputs);
+                }
+                _ => {}
+            }
+        }
+        let mut outputs = ctx.pool.flatten(slot, &ctx.plan.node_ids);
+        if outputs.is_empty() {
+            outputs = map_with_capacity(inputs.len());
+        }
+        for (key, value) in inputs.iter() {
+            outputs.insert(key.clone(), value.clone());
+        }
+        NodeResult::succeeded(outputs).with_inputs(inputs)
+    }
+}

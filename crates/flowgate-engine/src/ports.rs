@@ -1,0 +1,311 @@
+//! Ports: the traits through which nodes reach the outside world. The engine defines them;
+//! other crates implement them (the SSRF-safe HTTP client, the model gateway, the sandbox).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::value::{File, Map, Value};
+
+/// Who is asking: enough for an implementation to attribute, limit and log a call.
+#[derive(Debug, Clone)]
+pub struct PortContext {
+    pub node_id: Arc<str>,
+    pub node_type: Arc<str>,
+    pub title: Arc<str>,
+    pub run_id: Arc<str>,
+    pub app_id: Arc<str>,
+    pub user_id: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortErrorKind {
+    /// Refused by policy (an address the SSRF guard blocks, a limit).
+    Refused,
+    Timeout,
+    Connection,
+    TooLarge,
+    InvalidRequest,
+    Upstream,
+    Other,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    pub kind: PortErrorKind,
+    pub message: String,
+}
+
+impl PortError {
+    pub fn new(kind: PortErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Streams text to the engine while a node runs (model tokens, tool text).
+pub type TextSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Debug, Clone)]
+pub enum HttpBody {
+    None,
+    Bytes { content: Bytes, content_type: Option<String> },
+    Form(Vec<(String, String)>),
+    Multipart(Vec<MultipartField>),
+}
+
+#[derive(Debug, Clone)]
+pub struct MultipartField {
+    pub name: String,
+    pub value: MultipartValue,
+}
+
+#[derive(Debug, Clone)]
+pub enum MultipartValue {
+    Text(String),
+    File { filename: String, content_type: String, content: Bytes },
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpTimeouts {
+    pub connect: std::time::Duration,
+    pub read: std::time::Duration,
+    pub write: std::time::Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    pub body: HttpBody,
+    pub timeouts: HttpTimeouts,
+    pub verify_tls: bool,
+    /// The response body may not exceed this many bytes.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+pub trait HttpPort: Send + Sync {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'static, Result<HttpResponse, PortError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// files (content of uploaded and remote files)
+
+pub trait FilePort: Send + Sync {
+    /// The content of an uploaded, tool-made or remote file.
+    fn read(&self, file: &File) -> BoxFuture<'static, Result<Bytes, PortError>>;
+    /// Keeps bytes a node produced (an HTTP response that is a file) and describes them.
+    fn store(&self, content: Bytes, mime_type: &str, filename: &str) -> BoxFuture<'static, Result<File, PortError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// models
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// system | user | assistant
+    pub role: String,
+    pub content: String,
+    pub files: Vec<File>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    pub context: PortContext,
+    pub provider: String,
+    pub model: String,
+    /// chat | completion
+    pub mode: String,
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    pub messages: Vec<ChatMessage>,
+    pub stop: Vec<String>,
+    pub json_schema: Option<serde_json::Value>,
+}
+
+/// Token usage and price, in Dify's `LLMUsage` shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub prompt_price: f64,
+    pub completion_price: f64,
+    pub total_price: f64,
+    pub currency: String,
+    pub latency: f64,
+}
+
+impl Usage {
+    pub fn plus(&self, other: &Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+            total_tokens: self.total_tokens + other.total_tokens,
+            prompt_price: self.prompt_price + other.prompt_price,
+            completion_price: self.completion_price + other.completion_price,
+            total_price: self.total_price + other.total_price,
+            currency: if self.currency.is_empty() { other.currency.clone() } else { self.currency.clone() },
+            latency: self.latency + other.latency,
+        }
+    }
+
+    /// The usage mapping Dify puts in node outputs.
+    pub fn to_value(&self) -> Value {
+        let price = |amount: f64| Value::from(format!("{amount:?}"));
+        Value::object(crate::value::map_of([
+            ("prompt_tokens", Value::Int(self.prompt_tokens)),
+            ("prompt_unit_price", Value::str("0.0")),
+            ("prompt_price_unit", Value::str("0.0")),
+            ("prompt_price", price(self.prompt_price)),
+            ("completion_tokens", Value::Int(self.completion_tokens)),
+            ("completion_unit_price", Value::str("0.0")),
+            ("completion_price_unit", Value::str("0.0")),
+            ("completion_price", price(self.completion_price)),
+            ("total_tokens", Value::Int(self.total_tokens)),
+            ("total_price", price(self.total_price)),
+            ("currency", Value::str(if self.currency.is_empty() { "USD" } else { &self.currency })),
+            ("latency", Value::Float((self.latency * 1000.0).round() / 1000.0)),
+        ]))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelReply {
+    pub text: String,
+    pub reasoning_content: String,
+    pub usage: Usage,
+    pub finish_reason: Option<String>,
+    pub structured_output: Option<Value>,
+}
+
+pub trait ModelPort: Send + Sync {
+    /// Runs one model call; text deltas go to `stream` as they arrive.
+    fn invoke(&self, call: ModelCall, stream: TextSink) -> BoxFuture<'static, Result<ModelReply, PortError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// code
+
+#[derive(Debug, Clone)]
+pub struct CodeCall {
+    pub context: PortContext,
+    /// python3 | javascript
+    pub language: String,
+    pub code: String,
+    pub inputs: Map,
+}
+
+pub trait CodePort: Send + Sync {
+    /// Runs `main(**inputs)` (Python) or `main(inputs)` (JavaScript) and returns its mapping.
+    fn execute(&self, call: CodeCall) -> BoxFuture<'static, Result<Map, PortError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// tools, agents, knowledge
+
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    pub context: PortContext,
+    pub provider_id: String,
+    pub provider_type: String,
+    pub provider_name: String,
+    pub tool_name: String,
+    pub configurations: Map,
+    pub parameters: Map,
+}
+
+/// What a tool or agent produced, in Dify's output shape.
+#[derive(Debug, Clone, Default)]
+pub struct ToolOutput {
+    pub text: String,
+    pub files: Vec<Value>,
+    pub json: Vec<Value>,
+    /// Extra variables the tool declares.
+    pub variables: Map,
+    pub usage: Option<Usage>,
+}
+
+pub trait ToolPort: Send + Sync {
+    fn invoke(&self, call: ToolCall, stream: TextSink) -> BoxFuture<'static, Result<ToolOutput, PortError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentCall {
+    pub context: PortContext,
+    pub strategy_provider: String,
+    pub strategy: String,
+    pub parameters: Map,
+}
+
+pub trait AgentPort: Send + Sync {
+    fn invoke(&self, call: AgentCall, stream: TextSink) -> BoxFuture<'static, Result<ToolOutput, PortError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct KnowledgeQuery {
+    pub context: PortContext,
+    pub query: String,
+    pub dataset_ids: Vec<String>,
+    /// The node's retrieval settings as written in the DSL.
+    pub settings: serde_json::Value,
+}
+
+pub trait KnowledgePort: Send + Sync {
+    /// Returns Dify's `result` items (`{metadata, title, content, ...}`).
+    fn retrieve(&self, query: KnowledgeQuery) -> BoxFuture<'static, Result<Vec<Value>, PortError>>;
+}
+
+/// The ports available to a run. A node whose port is missing fails with a clear error.
+#[derive(Clone, Default)]
+pub struct Ports {
+    pub http: Option<Arc<dyn HttpPort>>,
+    pub files: Option<Arc<dyn FilePort>>,
+    pub model: Option<Arc<dyn ModelPort>>,
+    pub code: Option<Arc<dyn CodePort>>,
+    pub tool: Option<Arc<dyn ToolPort>>,
+    pub agent: Option<Arc<dyn AgentPort>>,
+    pub knowledge: Option<Arc<dyn KnowledgePort>>,
+}
+
+impl Ports {
+    pub fn has(&self, capability: crate::nodes::Capability) -> bool {
+        use crate::nodes::Capability;
+        match capability {
+            Capability::Http => self.http.is_some(),
+            Capability::Files => self.files.is_some(),
+            Capability::Model => self.model.is_some(),
+            Capability::Code => self.code.is_some(),
+            Capability::Tool => self.tool.is_some(),
+            Capability::Agent => self.agent.is_some(),
+            Capability::Knowledge => self.knowledge.is_some(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports")
+            .field("http", &self.http.is_some())
+            .field("files", &self.files.is_some())
+            .field("model", &self.model.is_some())
+            .field("code", &self.code.is_some())
+            .field("tool", &self.tool.is_some())
+            .field("agent", &self.agent.is_some())
+            .field("knowledge", &self.knowledge.is_some())
+            .finish()
+    }
+}
