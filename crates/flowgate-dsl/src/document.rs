@@ -185,10 +185,7 @@ impl Document {
             Some(other) => {
                 return Err(DslError::Envelope {
                     field: "version",
-                    message: format!(
-                        "must be a quoted string such as '0.6.0', found {} ({other})",
-                        lenient::kind(other)
-                    ),
+                    message: format!("must be a quoted string such as '0.6.0', found {} ({other})", lenient::kind(other)),
                 });
             }
         };
@@ -300,9 +297,7 @@ fn read_app(value: Option<&Value>) -> Result<App, DslError> {
     };
     let mode = AppMode::parse(&mode_text).ok_or_else(|| DslError::Envelope {
         field: "app.mode",
-        message: format!(
-            "'{mode_text}' is not an app mode (expected workflow, advanced-chat, chat, agent-chat or completion)"
-        ),
+        message: format!("'{mode_text}' is not an app mode (expected workflow, advanced-chat, chat, agent-chat or completion)"),
     })?;
     let icon_type = match text("icon_type").as_str() {
         kind @ ("emoji" | "image" | "link") => kind.to_owned(),
@@ -319,18 +314,13 @@ fn read_app(value: Option<&Value>) -> Result<App, DslError> {
     })
 }
 
-fn read_workflow(
-    workflow: &Map<String, Value>,
-    lines: &LineIndex,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Result<Workflow, DslError> {
+fn read_workflow(workflow: &Map<String, Value>, lines: &LineIndex, diagnostics: &mut Vec<Diagnostic>) -> Result<Workflow, DslError> {
     let Some(Value::Object(graph)) = workflow.get("graph") else {
         return Err(DslError::Envelope { field: "workflow.graph", message: "is missing or not a mapping".into() });
     };
     let graph = read_graph(graph, lines, diagnostics)?;
     let environment_variables = read_variables(workflow.get("environment_variables"), "environment_variables", diagnostics);
-    let conversation_variables =
-        read_variables(workflow.get("conversation_variables"), "conversation_variables", diagnostics);
+    let conversation_variables = read_variables(workflow.get("conversation_variables"), "conversation_variables", diagnostics);
     Ok(Workflow {
         graph,
         features: workflow.get("features").cloned().unwrap_or(Value::Object(Map::new())),
@@ -437,9 +427,7 @@ fn read_graph(graph: &Map<String, Value>, lines: &LineIndex, diagnostics: &mut V
             continue;
         };
         let (Some(source), Some(target)) = (id_of(edge.get("source")), id_of(edge.get("target"))) else {
-            diagnostics.push(
-                Diagnostic::error("invalid_edge", "needs string `source` and `target` node ids").field(location).line(line),
-            );
+            diagnostics.push(Diagnostic::error("invalid_edge", "needs string `source` and `target` node ids").field(location).line(line));
             continue;
         };
         let source_handle = match edge.get("sourceHandle") {
@@ -486,9 +474,7 @@ fn read_node(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Node> {
     let Some(id) = id_of(map.get("id")) else {
-        diagnostics.push(
-            Diagnostic::error("invalid_node", "has no `id`").field(format!("workflow.graph.nodes[{index}]")),
-        );
+        diagnostics.push(Diagnostic::error("invalid_node", "has no `id`").field(format!("workflow.graph.nodes[{index}]")));
         return None;
     };
     let line = lines.node(&id);
@@ -544,10 +530,7 @@ fn read_node(
         Ok(Some(node_data)) => node_data,
         Ok(None) => {
             diagnostics.push(
-                Diagnostic::error("unknown_node_type", format!("unknown node type '{node_type}'"))
-                    .node(&id)
-                    .field("data.type")
-                    .line(line),
+                Diagnostic::error("unknown_node_type", format!("unknown node type '{node_type}'")).node(&id).field("data.type").line(line),
             );
             NodeData::Invalid
         }
@@ -568,11 +551,7 @@ fn read_node(
 
 /// Which container owns a node: `data.container_id`, else React Flow's `parentId`, else the
 /// legacy `iteration_id`/`loop_id` (when both are given, the inner one).
-fn resolve_container(
-    id: &str,
-    map: &Map<String, Value>,
-    ids: &HashMap<String, &Map<String, Value>>,
-) -> Result<Option<String>, String> {
+fn resolve_container(id: &str, map: &Map<String, Value>, ids: &HashMap<String, &Map<String, Value>>) -> Result<Option<String>, String> {
     let candidates = container_candidates(map);
     match candidates.as_slice() {
         [] => Ok(None),
@@ -617,7 +596,9 @@ fn owned_by(inner: &str, outer: &str, ids: &HashMap<String, &Map<String, Value>>
         if !visited.insert(current.clone()) {
             continue;
         }
-        let Some(map) = ids.get(&current) else { continue };
+        let Some(map) = ids.get(&current) else {
+            continue;
+        };
         for owner in container_candidates(map) {
             if owner == outer {
                 return true;
@@ -628,13 +609,10 @@ fn owned_by(inner: &str, outer: &str, ids: &HashMap<String, &Map<String, Value>>
     false
 }
 
-fn read_default_values(
-    value: Option<&Value>,
-    node_id: &str,
-    line: Option<u32>,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<DefaultValue> {
-    let Some(Value::Array(items)) = value else { return Vec::new() };
+fn read_default_values(value: Option<&Value>, node_id: &str, line: Option<u32>, diagnostics: &mut Vec<Diagnostic>) -> Vec<DefaultValue> {
+    let Some(Value::Array(items)) = value else {
+        return Vec::new();
+    };
     let mut values = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let field = format!("data.default_value[{index}]");
@@ -643,9 +621,7 @@ fn read_default_values(
         let raw = item.get("value").cloned().unwrap_or(Value::Null);
         match convert_default_value(kind, raw) {
             Ok(value) => values.push(DefaultValue { key, value }),
-            Err(message) => diagnostics.push(
-                Diagnostic::error("invalid_default_value", message).node(node_id).field(field).line(line),
-            ),
+            Err(message) => diagnostics.push(Diagnostic::error("invalid_default_value", message).node(node_id).field(field).line(line)),
         }
     }
     values
@@ -654,9 +630,7 @@ fn read_default_values(
 /// Dify's `DefaultValue` validation: strings stay strings, numbers are parsed from text, JSON
 /// types are parsed from text, and element types are checked.
 fn convert_default_value(kind: &str, value: Value) -> Result<Value, String> {
-    let parse_json = |text: &str| {
-        serde_json::from_str::<Value>(text).map_err(|_| format!("Invalid JSON format for value: {text}"))
-    };
+    let parse_json = |text: &str| serde_json::from_str::<Value>(text).map_err(|_| format!("Invalid JSON format for value: {text}"));
     let value = match (kind, value) {
         ("string", value) => return Ok(value),
         ("array[file]", value) => return Ok(value),
@@ -684,7 +658,9 @@ fn convert_default_value(kind: &str, value: Value) -> Result<Value, String> {
 }
 
 fn read_retry(value: Option<&Value>) -> RetryConfig {
-    let Some(Value::Object(config)) = value else { return RetryConfig::default() };
+    let Some(Value::Object(config)) = value else {
+        return RetryConfig::default();
+    };
     let number = |key: &str| match config.get(key) {
         Some(Value::Number(number)) => number.as_u64().or_else(|| number.as_f64().map(|float| float.max(0.0) as u64)),
         Some(Value::String(text)) => text.trim().parse().ok(),

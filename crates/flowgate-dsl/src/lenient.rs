@@ -45,9 +45,13 @@ pub fn opt_boolean<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
         Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" | "y" | "t" => true,
             "false" | "0" | "no" | "off" | "n" | "f" | "" => false,
-            _ => return Err(serde::de::Error::custom(format!("expected a boolean, found {text:?}"))),
+            _ => {
+                return Err(serde::de::Error::custom(format!("expected a boolean, found {text:?}")));
+            }
         },
-        other => return Err(serde::de::Error::custom(format!("expected a boolean, found {}", kind(other)))),
+        other => {
+            return Err(serde::de::Error::custom(format!("expected a boolean, found {}", kind(other))));
+        }
     };
     Ok(Some(flag))
 }
@@ -66,11 +70,9 @@ pub fn opt_int<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>
             }
         }
         Value::String(text) if text.trim().is_empty() => Ok(None),
-        Value::String(text) => text
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected an integer, found {text:?}"))),
+        Value::String(text) => {
+            text.trim().parse::<i64>().map(Some).map_err(|_| serde::de::Error::custom(format!("expected an integer, found {text:?}")))
+        }
         other => Err(serde::de::Error::custom(format!("expected an integer, found {}", kind(other)))),
     }
 }
@@ -84,11 +86,9 @@ pub fn selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String
 pub fn opt_selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
     match Value::deserialize(deserializer)? {
         Value::Null => Ok(None),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| scalar_to_string(item).map_err(serde::de::Error::custom))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
+        Value::Array(items) => {
+            items.into_iter().map(|item| scalar_to_string(item).map_err(serde::de::Error::custom)).collect::<Result<Vec<_>, _>>().map(Some)
+        }
         other => Err(serde::de::Error::custom(format!("expected a selector (a list of strings), found {}", kind(&other)))),
     }
 }

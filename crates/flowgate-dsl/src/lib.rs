@@ -15,8 +15,7 @@ pub mod template;
 mod validate;
 
 pub use document::{
-    App, AppMode, DefaultValue, Document, EXPORT_VERSION, Edge, ErrorStrategy, Graph, Node, RetryConfig, VariableDecl,
-    Workflow,
+    App, AppMode, DefaultValue, Document, EXPORT_VERSION, Edge, ErrorStrategy, Graph, Node, RetryConfig, VariableDecl, Workflow,
 };
 pub use error::{Diagnostic, DslError, Severity};
 pub use nodes::NodeData;

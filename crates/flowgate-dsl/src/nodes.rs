@@ -70,9 +70,7 @@ pub(crate) fn parse_node_data(node_type: &str, version: &str, data: &Value) -> R
         "template-transform" => NodeData::TemplateTransform(read(data)?),
         "http-request" => NodeData::HttpRequest(read(data)?),
         "variable-aggregator" | "variable-assigner" => NodeData::VariableAggregator(read(data)?),
-        "assigner" if version == "2" || (version != "1" && data.get("items").is_some()) => {
-            NodeData::AssignerV2(read(data)?)
-        }
+        "assigner" if version == "2" || (version != "1" && data.get("items").is_some()) => NodeData::AssignerV2(read(data)?),
         "assigner" => NodeData::AssignerV1(read(data)?),
         "iteration" => NodeData::Iteration(read(data)?),
         "iteration-start" => NodeData::IterationStart,
@@ -326,7 +324,9 @@ fn condition_value<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<
         Value::Bool(flag) => ConditionValue::Bool(flag),
         Value::Number(number) => ConditionValue::Text(number.to_string()),
         Value::Array(items) => ConditionValue::List(items),
-        Value::Object(_) => return Err(serde::de::Error::custom("expected a string, list or boolean, found a mapping")),
+        Value::Object(_) => {
+            return Err(serde::de::Error::custom("expected a string, list or boolean, found a mapping"));
+        }
     })
 }
 
@@ -379,11 +379,7 @@ impl IfElseData {
         Ok(match raw.cases {
             Some(cases) => Self { cases, legacy: false },
             None => Self {
-                cases: vec![Case {
-                    case_id: "true".into(),
-                    logical_operator: raw.logical_operator,
-                    conditions: raw.conditions,
-                }],
+                cases: vec![Case { case_id: "true".into(), logical_operator: raw.logical_operator, conditions: raw.conditions }],
                 legacy: true,
             },
         })
@@ -439,9 +435,9 @@ pub mod indexmap_like {
             let map = serde_json::Map::deserialize(deserializer)?;
             map.into_iter()
                 .map(|(key, value)| {
-                    T::deserialize(value).map(|item| (key.clone(), item)).map_err(|error| {
-                        serde::de::Error::custom(format!("{key}: {error}"))
-                    })
+                    T::deserialize(value)
+                        .map(|item| (key.clone(), item))
+                        .map_err(|error| serde::de::Error::custom(format!("{key}: {error}")))
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self)
@@ -548,13 +544,8 @@ fn body_data<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Ht
     match Value::deserialize(deserializer)? {
         Value::Null => Ok(Vec::new()),
         Value::String(text) if text.is_empty() => Ok(Vec::new()),
-        Value::String(text) => {
-            Ok(vec![HttpBodyItem { key: String::new(), kind: "text".into(), value: text, file: Vec::new() }])
-        }
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| HttpBodyItem::deserialize(item).map_err(serde::de::Error::custom))
-            .collect(),
+        Value::String(text) => Ok(vec![HttpBodyItem { key: String::new(), kind: "text".into(), value: text, file: Vec::new() }]),
+        Value::Array(items) => items.into_iter().map(|item| HttpBodyItem::deserialize(item).map_err(serde::de::Error::custom)).collect(),
         other => Err(serde::de::Error::custom(format!("expected a list of body items, found {}", lenient::kind(&other)))),
     }
 }
@@ -884,9 +875,7 @@ impl<'de> Deserialize<'de> for PromptTemplate {
                 .map(|item| PromptMessage::deserialize(item).map_err(serde::de::Error::custom))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::Chat),
-            value @ Value::Object(_) => {
-                PromptMessage::deserialize(value).map(Self::Completion).map_err(serde::de::Error::custom)
-            }
+            value @ Value::Object(_) => PromptMessage::deserialize(value).map(Self::Completion).map_err(serde::de::Error::custom),
             other => Err(serde::de::Error::custom(format!(
                 "expected a list of messages or a completion template, found {}",
                 lenient::kind(&other)
@@ -1053,6 +1042,11 @@ fn tool_parameters<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<
     let map: Option<Map<String, Value>> = Option::deserialize(deserializer)?;
     let mut parameters = Vec::new();
     for (name, input) in map.unwrap_or_default() {
+        // Early exports wrote a parameter as a bare template string.
+        let input = match input {
+            Value::String(text) => serde_json::json!({"type": "mixed", "value": text}),
+            other => other,
+        };
         if input.is_null() || input.get("value").is_none_or(Value::is_null) {
             continue;
         }

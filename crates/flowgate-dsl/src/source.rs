@@ -134,11 +134,7 @@ impl LineIndex {
                 nodes.entry(id).or_insert(line);
             }
         }
-        let edges = graph
-            .edges
-            .iter()
-            .map(|edge| u32::try_from(edge.referenced.line()).unwrap_or(0))
-            .collect();
+        let edges = graph.edges.iter().map(|edge| u32::try_from(edge.referenced.line()).unwrap_or(0)).collect();
         Self { nodes, edges }
     }
 

@@ -9,7 +9,10 @@
 pub enum TemplatePart {
     Text(String),
     /// `path` is the reference without `{{#`/`#}}` (e.g. `node.text`), `selector` its segments.
-    Variable { path: String, selector: Vec<String> },
+    Variable {
+        path: String,
+        selector: Vec<String>,
+    },
 }
 
 const MAX_FIRST_SEGMENT: usize = 50;
@@ -31,10 +34,7 @@ pub fn parse(template: &str) -> Vec<TemplatePart> {
                     parts.push(TemplatePart::Text(template[text_start..start].to_owned()));
                 }
                 let path = &template[start + 3..path_end];
-                parts.push(TemplatePart::Variable {
-                    path: path.to_owned(),
-                    selector: path.split('.').map(str::to_owned).collect(),
-                });
+                parts.push(TemplatePart::Variable { path: path.to_owned(), selector: path.split('.').map(str::to_owned).collect() });
                 text_start = end;
                 cursor = end;
             }

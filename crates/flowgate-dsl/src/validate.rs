@@ -57,12 +57,9 @@ fn validate_graph(graph: &Graph, declared: &Declared<'_>, diagnostics: &mut Vec<
         check_references(graph, node, declared, diagnostics);
         if matches!(node.data, NodeData::NotSupported) {
             diagnostics.push(
-                Diagnostic::warning(
-                    "node_not_supported",
-                    format!("not supported yet: {} nodes; running this node fails", node.node_type),
-                )
-                .node(&node.id)
-                .line(node.line),
+                Diagnostic::warning("node_not_supported", format!("not supported yet: {} nodes; running this node fails", node.node_type))
+                    .node(&node.id)
+                    .line(node.line),
             );
         }
     }
@@ -77,12 +74,9 @@ fn check_containers(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
         if let Some(container) = &node.container {
             match graph.node(container) {
                 None => diagnostics.push(
-                    Diagnostic::error(
-                        "unknown_container",
-                        format!("node belongs to container '{container}', which does not exist"),
-                    )
-                    .node(&node.id)
-                    .line(node.line),
+                    Diagnostic::error("unknown_container", format!("node belongs to container '{container}', which does not exist"))
+                        .node(&node.id)
+                        .line(node.line),
                 ),
                 Some(owner) if !is_container(owner) => diagnostics.push(
                     Diagnostic::error(
@@ -109,13 +103,10 @@ fn check_containers(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
                     .line(node.line),
             ),
             None => diagnostics.push(
-                Diagnostic::error(
-                    "missing_container_start",
-                    format!("the {kind} starts at node '{start_node_id}', which does not exist"),
-                )
-                .node(&node.id)
-                .field("data.start_node_id")
-                .line(node.line),
+                Diagnostic::error("missing_container_start", format!("the {kind} starts at node '{start_node_id}', which does not exist"))
+                    .node(&node.id)
+                    .field("data.start_node_id")
+                    .line(node.line),
             ),
             Some(start) if start.container.as_deref() != Some(node.id.as_str()) => diagnostics.push(
                 Diagnostic::error(
@@ -148,7 +139,9 @@ fn check_edges(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
                 );
             }
         }
-        let (Some(source), Some(target)) = (source, target) else { continue };
+        let (Some(source), Some(target)) = (source, target) else {
+            continue;
+        };
         if source.container != target.container {
             diagnostics.push(
                 Diagnostic::error(
@@ -169,8 +162,7 @@ fn check_edges(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
         }
         if !ids_by_scope.entry(source.container.as_deref()).or_default().insert(edge.id.as_str()) {
             diagnostics.push(
-                Diagnostic::error("duplicate_edge_id", format!("edge id '{}' is used twice in the same scope", edge.id))
-                    .line(edge.line),
+                Diagnostic::error("duplicate_edge_id", format!("edge id '{}' is used twice in the same scope", edge.id)).line(edge.line),
             );
         }
         if let Some(handles) = branch_handles(source)
@@ -213,10 +205,8 @@ pub fn branch_handles(node: &Node) -> Option<Vec<&str>> {
 
 fn check_root(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
     match graph.root() {
-        None => diagnostics.push(Diagnostic::error(
-            "missing_start_node",
-            "the workflow has no start node (a top-level node with data.type `start`)",
-        )),
+        None => diagnostics
+            .push(Diagnostic::error("missing_start_node", "the workflow has no start node (a top-level node with data.type `start`)")),
         Some(root) if root.node_type != "start" => diagnostics.push(
             Diagnostic::warning("node_not_supported", format!("not supported yet: starting a run from a {} node", root.node_type))
                 .node(&root.id)
@@ -226,9 +216,7 @@ fn check_root(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
     }
     for node in graph.nodes.iter().filter(|node| node.node_type == "start" && node.container.is_some()) {
         diagnostics.push(
-            Diagnostic::error("misplaced_start_node", "a start node cannot be inside an iteration or loop")
-                .node(&node.id)
-                .line(node.line),
+            Diagnostic::error("misplaced_start_node", "a start node cannot be inside an iteration or loop").node(&node.id).line(node.line),
         );
     }
 }
@@ -236,7 +224,9 @@ fn check_root(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
 fn check_cycles(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
     let mut successors: HashMap<&str, Vec<&str>> = HashMap::new();
     for edge in &graph.edges {
-        let (Some(source), Some(target)) = (graph.node(&edge.source), graph.node(&edge.target)) else { continue };
+        let (Some(source), Some(target)) = (graph.node(&edge.source), graph.node(&edge.target)) else {
+            continue;
+        };
         if source.container == target.container {
             successors.entry(source.id.as_str()).or_default().push(target.id.as_str());
         }
@@ -263,10 +253,7 @@ fn check_cycles(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
                         diagnostics.push(
                             Diagnostic::error(
                                 "cycle",
-                                format!(
-                                    "the graph contains a cycle: {} (only loop nodes may repeat work)",
-                                    cycle.join(" -> ")
-                                ),
+                                format!("the graph contains a cycle: {} (only loop nodes may repeat work)", cycle.join(" -> ")),
                             )
                             .node(child)
                             .line(first.and_then(|node| node.line)),
@@ -313,11 +300,8 @@ fn check_reachability(graph: &Graph, diagnostics: &mut Vec<Diagnostic>) {
     for node in &graph.nodes {
         let entry_type = matches!(node.node_type.as_str(), "iteration-start" | "loop-start") || is_root_type(&node.node_type);
         if !reached.contains(node.id.as_str()) && !entry_type {
-            diagnostics.push(
-                Diagnostic::warning("unreachable_node", "no path leads to this node; it never runs")
-                    .node(&node.id)
-                    .line(node.line),
-            );
+            diagnostics
+                .push(Diagnostic::warning("unreachable_node", "no path leads to this node; it never runs").node(&node.id).line(node.line));
         }
     }
 }
@@ -481,7 +465,9 @@ pub fn references(node: &Node) -> Vec<(String, Vec<String>, bool)> {
 
 fn check_references(graph: &Graph, node: &Node, declared: &Declared<'_>, diagnostics: &mut Vec<Diagnostic>) {
     for (field, selector, in_template) in references(node) {
-        let Some(head) = selector.first() else { continue };
+        let Some(head) = selector.first() else {
+            continue;
+        };
         let shown = selector.join(".");
         if selector.len() < 2 {
             diagnostics.push(
@@ -500,20 +486,18 @@ fn check_references(graph: &Graph, node: &Node, declared: &Declared<'_>, diagnos
                     .line(node.line),
             ),
             "conversation" if !declared.conversation.contains(selector[1].as_str()) => diagnostics.push(
-                Diagnostic::warning(
-                    "undeclared_variable",
-                    format!("conversation variable '{}' is not declared", selector[1]),
-                )
-                .node(&node.id)
-                .field(field)
-                .line(node.line),
+                Diagnostic::warning("undeclared_variable", format!("conversation variable '{}' is not declared", selector[1]))
+                    .node(&node.id)
+                    .field(field)
+                    .line(node.line),
             ),
             namespace if RESERVED_NAMESPACES.contains(&namespace) => {}
             id if graph.node(id).is_some() => {}
             id => {
                 // A reference inside text renders as its literal path when unresolved, which Dify
                 // tolerates; a typed selector to a missing node can never produce a value.
-                let (severity_error, code) = if in_template { (false, "dangling_template_reference") } else { (true, "unknown_selector_node") };
+                let (severity_error, code) =
+                    if in_template { (false, "dangling_template_reference") } else { (true, "unknown_selector_node") };
                 let message = format!("refers to [{shown}], but there is no node '{id}'");
                 let diagnostic = if severity_error {
                     Diagnostic::error(code, message)

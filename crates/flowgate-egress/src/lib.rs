@@ -99,7 +99,9 @@ impl EgressClient {
             Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
             Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
             Some(url::Host::Domain(_)) => None,
-            None => return Err(PortError::new(PortErrorKind::InvalidRequest, format!("the URL {url} has no host"))),
+            None => {
+                return Err(PortError::new(PortErrorKind::InvalidRequest, format!("the URL {url} has no host")));
+            }
         };
         if let Some(address) = literal
             && !self.policy.allows(address)
@@ -135,13 +137,11 @@ impl EgressClient {
             if status.is_redirection()
                 && let Some(location) = response.headers().get(reqwest::header::LOCATION).and_then(|value| value.to_str().ok())
             {
-                url = url.join(location).map_err(|error| {
-                    PortError::new(PortErrorKind::Upstream, format!("invalid redirect location {location}: {error}"))
-                })?;
+                url = url
+                    .join(location)
+                    .map_err(|error| PortError::new(PortErrorKind::Upstream, format!("invalid redirect location {location}: {error}")))?;
                 // 303, and 301/302 after a POST, continue as GET without a body.
-                if status == reqwest::StatusCode::SEE_OTHER
-                    || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
-                {
+                if status == reqwest::StatusCode::SEE_OTHER || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST) {
                     method = reqwest::Method::GET;
                     body = None;
                 }
@@ -199,15 +199,24 @@ fn attach_body(builder: reqwest::RequestBuilder, body: HttpBody, headers: &[(Str
                 form = match field.value {
                     MultipartValue::Text(text) => form.text(field.name, text),
                     MultipartValue::File { filename, content_type, content } => {
-                        let part = reqwest::multipart::Part::stream(reqwest::Body::from(content)).file_name(filename);
-                        let part = part.mime_str(&content_type).unwrap_or_else(|_| reqwest::multipart::Part::bytes(Vec::new()));
-                        form.part(field.name, part)
+                        form.part(field.name, file_part(filename, &content_type, content))
                     }
                 };
             }
             builder.multipart(form)
         }
     }
+}
+
+/// A file part as httpx builds it: an empty filename is left out of the disposition. A content
+/// type that is not a valid MIME type is dropped rather than failing the request.
+fn file_part(filename: String, content_type: &str, content: Bytes) -> reqwest::multipart::Part {
+    let with_name = |part: reqwest::multipart::Part| {
+        if filename.is_empty() { part } else { part.file_name(filename.clone()) }
+    };
+    with_name(reqwest::multipart::Part::stream(content.clone()))
+        .mime_str(content_type)
+        .unwrap_or_else(|_| with_name(reqwest::multipart::Part::stream(content)))
 }
 
 async fn read_response(response: reqwest::Response, max_bytes: usize) -> Result<HttpResponse, PortError> {
@@ -335,7 +344,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_responses_stop_at_the_limit() {
-        let response: &'static str = Box::leak(format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}", "a".repeat(100)).into_boxed_str());
+        let response: &'static str =
+            Box::leak(format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}", "a".repeat(100)).into_boxed_str());
         let address = serve(response).await;
         let client = EgressClient::new(IpPolicy::from_allow_list("127.0.0.1").unwrap()).unwrap();
         let mut small = request(&format!("http://{address}/"));

@@ -86,10 +86,7 @@ fn dump_sub(sub: &SubVariableCondition) -> Value {
             ]))
         })
         .collect();
-    Value::object(map_of([
-        ("logical_operator", Value::str(logical_name(sub.logical_operator))),
-        ("conditions", Value::array(conditions)),
-    ]))
+    Value::object(map_of([("logical_operator", Value::str(logical_name(sub.logical_operator))), ("conditions", Value::array(conditions))]))
 }
 
 pub fn logical_name(operator: LogicalOperator) -> &'static str {
@@ -100,23 +97,20 @@ pub fn logical_name(operator: LogicalOperator) -> &'static str {
 }
 
 /// Evaluates conditions in order with short-circuiting, as Dify's `process_conditions`.
-pub fn process_conditions(
-    conditions: &[CompiledCondition],
-    operator: LogicalOperator,
-    pool: &Pool,
-) -> Result<ConditionCheck, String> {
+pub fn process_conditions(conditions: &[CompiledCondition], operator: LogicalOperator, pool: &Pool) -> Result<ConditionCheck, String> {
     let mut check = ConditionCheck::default();
     for condition in conditions {
         let Some(variable) = pool.get(&condition.selector) else {
             return Err(format!("Variable {} not found", condition.selector.display()));
         };
         let declared = pool.declared_type(condition.selector.slot, &condition.selector.name);
-        let variable_type = if condition.selector.path.is_empty() { declared } else { None }
-            .unwrap_or_else(|| variable.seg_type());
+        let variable_type = if condition.selector.path.is_empty() { declared } else { None }.unwrap_or_else(|| variable.seg_type());
         let is_file_array = variable_type == SegType::ArrayFile
             || matches!(&variable, Value::Array(items) if !items.is_empty() && items.iter().all(|item| matches!(item, Value::File(_))));
         let result = if is_file_array && matches!(condition.operator, Operator::Contains | Operator::NotContains | Operator::AllOf) {
-            let Some(sub) = &condition.sub else { return Err("Sub variable is required".into()) };
+            let Some(sub) = &condition.sub else {
+                return Err("Sub variable is required".into());
+            };
             process_sub_conditions(&variable, sub)?
         } else if matches!(condition.operator, Operator::Exists | Operator::NotExists) {
             evaluate(condition.operator, &variable, &Value::None)?
@@ -174,26 +168,13 @@ fn convert_to_bool(value: &Value) -> Result<Value, String> {
             Ok(_) => Err(format!("unexpected value: type=<class 'str'>, value={text}")),
             Err(error) => Err(json_error_message(&error)),
         },
-        other => Err(format!("unexpected value: type={}, value={}", python_type_name(other), pyfmt::py_str(other))),
+        other => Err(format!("unexpected value: type={}, value={}", pyfmt::python_type_name(other), pyfmt::py_str(other))),
     }
 }
 
 /// Python's `json.JSONDecodeError` wording for the common cases.
 pub fn json_error_message(error: &serde_json::Error) -> String {
     format!("Expecting value: line {} column {} (char {})", error.line(), error.column(), error.column().saturating_sub(1))
-}
-
-pub fn python_type_name(value: &Value) -> &'static str {
-    match value {
-        Value::None => "<class 'NoneType'>",
-        Value::Bool(_) => "<class 'bool'>",
-        Value::Int(_) => "<class 'int'>",
-        Value::Float(_) => "<class 'float'>",
-        Value::Str(_) => "<class 'str'>",
-        Value::Array(_) => "<class 'list'>",
-        Value::Object(_) => "<class 'dict'>",
-        Value::File(_) => "<class 'File'>",
-    }
 }
 
 fn process_sub_conditions(variable: &Value, sub: &SubVariableCondition) -> Result<bool, String> {
@@ -225,7 +206,8 @@ fn process_sub_conditions(variable: &Value, sub: &SubVariableCondition) -> Resul
                 }
             }
         }
-        let results = values.iter().map(|value| evaluate(condition.comparison_operator, value, &expected)).collect::<Result<Vec<_>, _>>()?;
+        let results =
+            values.iter().map(|value| evaluate(condition.comparison_operator, value, &expected)).collect::<Result<Vec<_>, _>>()?;
         let result = if condition.comparison_operator.as_str().contains("not") {
             results.iter().all(|result| *result)
         } else {
@@ -258,7 +240,9 @@ pub fn evaluate(operator: Operator, value: &Value, expected: &Value) -> Result<b
             if !value.truthy() {
                 return Ok(false);
             }
-            let Value::Str(text) = value else { return Err("Invalid actual value type: string".into()) };
+            let Value::Str(text) = value else {
+                return Err("Invalid actual value type: string".into());
+            };
             let Value::Str(expected) = expected else {
                 let which = if operator == Operator::StartWith { "startswith" } else { "endswith" };
                 return Err(format!("Expected value must be a string for {which}"));
@@ -289,9 +273,13 @@ pub fn evaluate(operator: Operator, value: &Value, expected: &Value) -> Result<b
             if value.is_none() {
                 return Ok(false);
             }
-            let Some(actual) = value.as_number() else { return Err("Invalid actual value type: number".into()) };
+            let Some(actual) = value.as_number() else {
+                return Err("Invalid actual value type: number".into());
+            };
             let expected_number = normalize_numeric_expected(actual, expected)?;
-            let Some(ordering) = actual.partial_cmp(expected_number) else { return Ok(false) };
+            let Some(ordering) = actual.partial_cmp(expected_number) else {
+                return Ok(false);
+            };
             match operator {
                 Operator::Greater => ordering.is_gt(),
                 Operator::Less => ordering.is_lt(),
@@ -305,7 +293,9 @@ pub fn evaluate(operator: Operator, value: &Value, expected: &Value) -> Result<b
             if !value.truthy() {
                 return Ok(operator == Operator::NotIn);
             }
-            let Value::Array(items) = expected else { return Err("Invalid expected value type: array".into()) };
+            let Value::Array(items) = expected else {
+                return Err("Invalid expected value type: array".into());
+            };
             let found = items.iter().any(|item| value.py_eq(item));
             if operator == Operator::In { found } else { !found }
         }
@@ -330,21 +320,21 @@ fn normalize_equality_expected(value: &Value, expected: &Value) -> Result<Value,
     match value {
         Value::Bool(_) => match expected {
             Value::Bool(_) | Value::Int(_) | Value::Str(_) => Ok(Value::Bool(expected.truthy())),
-            other => Err(format!("Cannot convert {} to bool", python_type_name(other))),
+            other => Err(format!("Cannot convert {} to bool", pyfmt::python_type_name(other))),
         },
         Value::Int(_) => match expected {
             Value::Int(int) => Ok(Value::Int(*int)),
             Value::Bool(flag) => Ok(Value::Int(i64::from(*flag))),
             Value::Float(float) => Ok(Value::Int(float.trunc() as i64)),
             Value::Str(text) => pyfmt::parse_int(text).map(Value::Int),
-            other => Err(format!("Cannot convert {} to int", python_type_name(other))),
+            other => Err(format!("Cannot convert {} to int", pyfmt::python_type_name(other))),
         },
         Value::Float(_) => match expected {
             Value::Int(int) => Ok(Value::Float(*int as f64)),
             Value::Bool(flag) => Ok(Value::Float(f64::from(u8::from(*flag)))),
             Value::Float(float) => Ok(Value::Float(*float)),
             Value::Str(text) => pyfmt::parse_float(text).map(Value::Float),
-            other => Err(format!("Cannot convert {} to float", python_type_name(other))),
+            other => Err(format!("Cannot convert {} to float", pyfmt::python_type_name(other))),
         },
         _ => Err("Invalid actual value type: number or boolean".into()),
     }
@@ -363,7 +353,7 @@ fn normalize_numeric_expected(actual: crate::value::Number, expected: &Value) ->
         Value::Float(float) => Ok(Number::Float(*float)),
         Value::Int(int) => Ok(Number::Int(*int)),
         Value::Bool(flag) => Ok(Number::Int(i64::from(*flag))),
-        other => Err(format!("Cannot convert {} to number", python_type_name(other))),
+        other => Err(format!("Cannot convert {} to number", pyfmt::python_type_name(other))),
     }
 }
 
@@ -381,9 +371,7 @@ fn all_of(value: &Value, expected: &Value) -> Result<bool, String> {
     }
     Ok(match value {
         Value::Array(items) => expected_items.iter().all(|needle| items.iter().any(|item| item.py_eq(needle))),
-        Value::Str(text) if all_strings => {
-            expected_items.iter().all(|needle| needle.as_str().is_some_and(|needle| text.contains(needle)))
-        }
+        Value::Str(text) if all_strings => expected_items.iter().all(|needle| needle.as_str().is_some_and(|needle| text.contains(needle))),
         _ => false,
     })
 }
@@ -422,10 +410,7 @@ mod tests {
     #[test]
     fn equality_coerces_the_expected_side_like_dify() {
         assert!(evaluate(Operator::Equal, &Value::Int(22), &s("22")).unwrap());
-        assert_eq!(
-            evaluate(Operator::Equal, &Value::Int(22), &s("22.5")),
-            Err("invalid literal for int() with base 10: '22.5'".into())
-        );
+        assert_eq!(evaluate(Operator::Equal, &Value::Int(22), &s("22.5")), Err("invalid literal for int() with base 10: '22.5'".into()));
         assert!(evaluate(Operator::Equal, &Value::Float(2.5), &s("2.5")).unwrap());
         assert!(evaluate(Operator::NotEqual, &Value::Float(2.5), &s("3")).unwrap());
         assert!(!evaluate(Operator::Equal, &Value::None, &s("1")).unwrap());

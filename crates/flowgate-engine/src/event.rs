@@ -123,20 +123,46 @@ pub struct RunSummary {
 
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    WorkflowStarted { run_id: Arc<str>, workflow_id: Arc<str>, inputs: Arc<Map>, created_at: i64 },
+    WorkflowStarted {
+        run_id: Arc<str>,
+        workflow_id: Arc<str>,
+        inputs: Arc<Map>,
+        created_at: i64,
+    },
     NodeStarted(NodeInfo),
     NodeFinished(Box<NodeFinished>),
     NodeRetry(Box<NodeFinished>),
     /// Answer/end text in the order Dify streams it.
-    TextChunk { text: String, selector: Arc<[String]> },
-    IterationStarted { info: NodeInfo, inputs: Arc<Map>, length: usize },
-    IterationNext { info: NodeInfo, index: usize },
+    TextChunk {
+        text: String,
+        selector: Arc<[String]>,
+    },
+    IterationStarted {
+        info: NodeInfo,
+        inputs: Arc<Map>,
+        length: usize,
+    },
+    IterationNext {
+        info: NodeInfo,
+        index: usize,
+    },
     IterationCompleted(Box<ContainerCompleted>),
-    LoopStarted { info: NodeInfo, inputs: Arc<Map>, length: i64 },
-    LoopNext { info: NodeInfo, index: usize },
+    LoopStarted {
+        info: NodeInfo,
+        inputs: Arc<Map>,
+        length: i64,
+    },
+    LoopNext {
+        info: NodeInfo,
+        index: usize,
+    },
     LoopCompleted(Box<ContainerCompleted>),
     /// An assigner wrote a variable (conversation variables are persisted from these).
-    VariableUpdated { selector: Arc<[String]>, value: Value },
+    VariableUpdated {
+        node_id: Arc<str>,
+        selector: Arc<[String]>,
+        value: Value,
+    },
     WorkflowFinished(Box<RunSummary>),
 }
 

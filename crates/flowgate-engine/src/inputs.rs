@@ -107,7 +107,7 @@ fn validate_input(
                     variable,
                     format!(
                         "expected value type int, float or str, got {}, value: {}",
-                        crate::condition::python_type_name(&Value::from(other)),
+                        crate::pyfmt::python_type_name(&Value::from(other)),
                         crate::pyfmt::py_str(&Value::from(other))
                     ),
                 )),
@@ -188,7 +188,10 @@ fn validate_input(
         return Ok(Value::from(text.replace('\0', "")));
     }
     if matches!(value, serde_json::Value::Array(_) | serde_json::Value::Object(_)) && !matches!(kind, InputType::JsonObject) {
-        return Err(error(variable, format!("Invalid input type for {}", crate::value::python_list_of_strings(std::slice::from_ref(name)))));
+        return Err(error(
+            variable,
+            format!("Invalid input type for {}", crate::value::python_list_of_strings(std::slice::from_ref(name))),
+        ));
     }
     Ok(Value::from(&value))
 }
@@ -237,8 +240,8 @@ pub fn file_kind(extension: Option<&str>) -> &'static str {
         "jpg" | "jpeg" | "png" | "webp" | "gif" | "svg" => "image",
         "mp3" | "m4a" | "wav" | "amr" | "mpga" => "audio",
         "mp4" | "mov" | "mpeg" | "webm" => "video",
-        "txt" | "markdown" | "md" | "mdx" | "pdf" | "html" | "htm" | "xlsx" | "xls" | "vtt" | "properties" | "doc" | "docx"
-        | "csv" | "eml" | "msg" | "pptx" | "xml" | "epub" | "ppt" => "document",
+        "txt" | "markdown" | "md" | "mdx" | "pdf" | "html" | "htm" | "xlsx" | "xls" | "vtt" | "properties" | "doc" | "docx" | "csv"
+        | "eml" | "msg" | "pptx" | "xml" | "epub" | "ppt" => "document",
         _ => "custom",
     }
 }

@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use serde_json::Value as Json;
 
 use crate::ports::{
-    AgentCall, AgentPort, CodeCall, CodePort, KnowledgePort, KnowledgeQuery, ModelCall, ModelPort, ModelReply, PortError,
-    PortErrorKind, Ports, TextSink, ToolCall, ToolOutput, ToolPort, Usage,
+    AgentCall, AgentPort, CodeCall, CodePort, KnowledgePort, KnowledgeQuery, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind,
+    Ports, TextSink, ToolCall, ToolOutput, ToolPort, Usage,
 };
 use crate::value::{Map, Value};
 
@@ -60,8 +60,15 @@ impl MockPorts {
 
     /// The mocked outputs for a stub node (without control keys).
     fn outputs(&self, node_id: &str) -> Option<Map> {
-        let Json::Object(map) = self.entry(node_id)? else { return None };
-        Some(map.iter().filter(|(key, _)| !key.starts_with("__")).map(|(key, value)| (Arc::from(key.as_str()), Value::from(value))).collect())
+        let Json::Object(map) = self.entry(node_id)? else {
+            return None;
+        };
+        Some(
+            map.iter()
+                .filter(|(key, _)| !key.starts_with("__"))
+                .map(|(key, value)| (Arc::from(key.as_str()), Value::from(value)))
+                .collect(),
+        )
     }
 
     /// Ports for every capability a mock can stand in for.
@@ -115,7 +122,9 @@ impl ModelPort for MockPorts {
                 other => other.to_string(),
             },
             _ => match &*call.context.node_type {
-                "parameter-extractor" => call.json_schema.as_ref().map_or_else(|| "{}".to_owned(), |schema| default_for_schema(schema).to_string()),
+                "parameter-extractor" => {
+                    call.json_schema.as_ref().map_or_else(|| "{}".to_owned(), |schema| default_for_schema(schema).to_string())
+                }
                 "question-classifier" => "{}".to_owned(),
                 _ => format!("[mock llm {node_id}]"),
             },
@@ -198,10 +207,9 @@ impl CodePort for MockPorts {
         let result = match (self.failure(&node_id), self.outputs(&node_id)) {
             (Some(error), _) => Err(error),
             (None, Some(outputs)) => Ok(outputs),
-            (None, None) => Err(PortError::new(
-                PortErrorKind::Other,
-                format!("no mock for code node '{node_id}'; add its outputs to the mocks"),
-            )),
+            (None, None) => {
+                Err(PortError::new(PortErrorKind::Other, format!("no mock for code node '{node_id}'; add its outputs to the mocks")))
+            }
         };
         Box::pin(async move { result })
     }

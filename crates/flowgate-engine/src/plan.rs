@@ -106,8 +106,7 @@ impl Plan {
             return Err(CompileError::ModeNotSupported(document.app.mode.as_str()));
         };
         let graph = &workflow.graph;
-        let ids: HashMap<String, u32> =
-            graph.nodes.iter().enumerate().map(|(index, node)| (node.id.clone(), index as u32)).collect();
+        let ids: HashMap<String, u32> = graph.nodes.iter().enumerate().map(|(index, node)| (node.id.clone(), index as u32)).collect();
         let resolver = SelectorResolver { ids: &ids };
         let node_ids: Vec<Arc<str>> = graph.nodes.iter().map(|node| Arc::from(node.id.as_str())).collect();
 
@@ -116,7 +115,9 @@ impl Plan {
         let mut incoming: Vec<Vec<u32>> = vec![Vec::new(); graph.nodes.len()];
         for edge in &graph.edges {
             // Validation guarantees both ends exist and share a scope.
-            let (Some(&source), Some(&target)) = (ids.get(&edge.source), ids.get(&edge.target)) else { continue };
+            let (Some(&source), Some(&target)) = (ids.get(&edge.source), ids.get(&edge.target)) else {
+                continue;
+            };
             let index = edges.len() as u32;
             outgoing[source as usize].push(index);
             incoming[target as usize].push(index);
@@ -146,11 +147,8 @@ impl Plan {
                 (_, Some(ErrorStrategy::FailBranch)) => ExecType::Branch,
                 _ => ExecType::Executable,
             };
-            let default_values: Map = node
-                .default_values
-                .iter()
-                .map(|default| (Arc::from(default.key.as_str()), Value::from(&default.value)))
-                .collect();
+            let default_values: Map =
+                node.default_values.iter().map(|default| (Arc::from(default.key.as_str()), Value::from(&default.value))).collect();
             plan_nodes.push(PlanNode {
                 id: node_ids[index].clone(),
                 title: Arc::from(node.title.as_str()),

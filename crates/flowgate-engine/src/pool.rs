@@ -70,13 +70,16 @@ impl Selector {
     }
 }
 
+/// Declared variable types, keyed by where the variable lives.
+type DeclaredTypes = HashMap<(Slot, Arc<str>), SegType>;
+
 #[derive(Debug, Clone)]
 pub struct Pool {
     slots: Vec<Option<Arc<Map>>>,
     node_count: u32,
     /// Declared types of variables that keep their type across writes (conversation and
     /// environment variables, loop variables). Rare, so kept out of the hot path.
-    declared: Option<Arc<HashMap<(Slot, Arc<str>), SegType>>>,
+    declared: Option<Arc<DeclaredTypes>>,
 }
 
 impl Pool {
@@ -130,14 +133,18 @@ impl Pool {
     }
 
     pub fn set(&mut self, slot: Slot, name: Arc<str>, value: Value) {
-        let Some(index) = self.index(slot) else { return };
+        let Some(index) = self.index(slot) else {
+            return;
+        };
         let map = self.slots[index].get_or_insert_with(|| Arc::new(Map::default()));
         Arc::make_mut(map).insert(name, value);
     }
 
     /// Stores a node's outputs; an empty slot takes the map as is (no copy).
     pub fn store_outputs(&mut self, slot: Slot, outputs: &Arc<Map>) {
-        let Some(index) = self.index(slot) else { return };
+        let Some(index) = self.index(slot) else {
+            return;
+        };
         match &mut self.slots[index] {
             entry @ None => *entry = Some(outputs.clone()),
             Some(existing) => {
@@ -180,7 +187,9 @@ impl Pool {
         // then inputs); that is the order of the namespaces followed by nodes here.
         for (offset, prefix) in namespace_names.iter().enumerate() {
             let slot_index = base + offset;
-            let Some(map) = &self.slots[slot_index] else { continue };
+            let Some(map) = &self.slots[slot_index] else {
+                continue;
+            };
             for (name, value) in map.iter() {
                 out.insert(Arc::from(format!("{prefix}.{name}")), value.clone());
             }

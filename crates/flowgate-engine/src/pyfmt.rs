@@ -277,6 +277,20 @@ pub fn write_json_str(out: &mut String, text: &str, ascii: bool) {
     out.push('"');
 }
 
+/// What Python's `type(value)` prints for the value as Dify holds it.
+pub fn python_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::None => "<class 'NoneType'>",
+        Value::Bool(_) => "<class 'bool'>",
+        Value::Int(_) => "<class 'int'>",
+        Value::Float(_) => "<class 'float'>",
+        Value::Str(_) => "<class 'str'>",
+        Value::Array(_) => "<class 'list'>",
+        Value::Object(_) => "<class 'dict'>",
+        Value::File(_) => "<class 'File'>",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +308,7 @@ mod tests {
             (123456789012345678.0, "1.2345678901234568e+17"),
             (-2.5, "-2.5"),
             (1.5e-7, "1.5e-07"),
-            (3.14159, "3.14159"),
+            (1.23456, "1.23456"),
             (100.0, "100.0"),
             (-0.0, "-0.0"),
             (f64::INFINITY, "inf"),

@@ -240,7 +240,7 @@ enum Task {
 enum Resume {
     IterationItems(Vec<usize>),
     LoopRound(usize),
-    Finished(ContainerOutcome),
+    Finished(Box<ContainerOutcome>),
 }
 
 struct ContainerOutcome {
@@ -329,11 +329,7 @@ impl Runner<'_> {
                 biased;
                 () = stop => self.outcome = Some(Outcome::Stopped),
                 () = tokio::time::sleep_until(deadline) => {
-                    let elapsed = self.started.elapsed().as_secs_f64();
-                    self.outcome = Some(Outcome::Failed(format!(
-                        "Maximum execution time exceeded: {elapsed:.2}s > {}s",
-                        self.limits.max_time.as_secs()
-                    )));
+                    self.outcome = Some(Outcome::Failed(self.time_limit_error()));
                 }
                 Some(wake) = self.inflight.next() => {
                     self.drain_chunks();
@@ -440,7 +436,9 @@ impl Runner<'_> {
     // events
 
     fn with_view(&mut self, action: impl FnOnce(&mut ResponseFilter, &View<'_>, &mut Vec<Emitted>)) {
-        let Some(Some(root)) = self.frames.get(ROOT) else { return };
+        let Some(Some(root)) = self.frames.get(ROOT) else {
+            return;
+        };
         let view = View { plan: self.plan, pool: &root.pool, node_states: &root.node_states, edge_states: &root.edge_states };
         action(&mut self.filter, &view, &mut self.emitted);
     }
@@ -554,7 +552,9 @@ impl Runner<'_> {
         if !is_retry {
             self.begin_execution(frame, node);
         }
-        let Some(state) = self.frames.get(frame).and_then(Option::as_ref) else { return };
+        let Some(state) = self.frames.get(frame).and_then(Option::as_ref) else {
+            return;
+        };
         let uid = state.uid;
         let ctx = NodeCtx {
             plan: &plan,
@@ -609,10 +609,13 @@ impl Runner<'_> {
         let plan_node = plan.node(node);
         let Some(failure) = result.failure.clone() else {
             let updates = std::mem::take(&mut result.updates);
-            self.apply_updates(frame, updates);
+            self.apply_updates(frame, node, updates);
             self.complete(frame, node, result, NodeStatus::Succeeded, true);
             return;
         };
+        // Every failed attempt counts towards a partial success, as in Dify: retried attempts,
+        // failures handled by an error strategy and failures inside iterations alike.
+        self.exceptions += 1;
         // Retry first, then the error strategy, else the failure stops the frame.
         let retries = self.frame(frame).and_then(|state| state.executions[node as usize].as_ref()).map_or(0, |execution| execution.retries);
         if plan_node.kind.retryable() && plan_node.retry.enabled && retries < plan_node.retry.max_retries {
@@ -673,7 +676,9 @@ impl Runner<'_> {
         let plan = self.plan.clone();
         let plan_node = plan.node(node);
         let visible = !matches!(plan_node.kind, NodeKind::IterationStart | NodeKind::LoopStart);
-        let Some(state) = self.frame(frame) else { return };
+        let Some(state) = self.frame(frame) else {
+            return;
+        };
         if let Some(usage) = &result.usage {
             state.usage = state.usage.plus(usage);
         }
@@ -703,9 +708,6 @@ impl Runner<'_> {
         if visible && let Some(event) = self.finished_event(frame, node, status, &result) {
             self.sink.emit(RunEvent::NodeFinished(event));
         }
-        if status == NodeStatus::Exception {
-            self.exceptions += 1;
-        }
         if matches!(plan_node.kind, NodeKind::LoopEnd) {
             self.mark_loop_break(frame, plan_node.loop_owner);
         }
@@ -721,19 +723,25 @@ impl Runner<'_> {
         }
         if self.steps > self.limits.max_steps {
             self.outcome =
-                Some(Outcome::Failed(format!("Maximum execution steps exceeded: {} > {}", self.steps, self.limits.max_steps)));
+                Some(Outcome::Failed(format!("Aborted: Maximum execution steps exceeded: {} > {}", self.steps, self.limits.max_steps)));
         } else if self.started.elapsed() > self.limits.max_time {
-            self.outcome = Some(Outcome::Failed(format!(
-                "Maximum execution time exceeded: {:.2}s > {}s",
-                self.started.elapsed().as_secs_f64(),
-                self.limits.max_time.as_secs()
-            )));
+            self.outcome = Some(Outcome::Failed(self.time_limit_error()));
         }
+    }
+
+    /// Dify aborts the run with this reason and reports it as the run's error.
+    fn time_limit_error(&self) -> String {
+        format!(
+            "Aborted: Maximum execution time exceeded: {:.2}s > {}s",
+            self.started.elapsed().as_secs_f64(),
+            self.limits.max_time.as_secs()
+        )
     }
 
     /// Writes assigner results into the frame's pool; loops carry writes back to their parent
     /// frame when the variable exists there (iterations keep them local), as Dify does.
-    fn apply_updates(&mut self, frame: usize, updates: Vec<nodes::VariableUpdate>) {
+    fn apply_updates(&mut self, frame: usize, node: u32, updates: Vec<nodes::VariableUpdate>) {
+        let node_id = self.plan.node(node).id.clone();
         for update in updates {
             let slot = update.selector.slot;
             let name = update.selector.name.clone();
@@ -741,17 +749,24 @@ impl Runner<'_> {
             if let Some(state) = self.frame(current) {
                 state.pool.set(slot, name.clone(), update.value.clone());
             }
-            loop {
-                let Some(state) = self.frames.get(current).and_then(Option::as_ref) else { break };
-                let (FrameKind::LoopRound { .. }, Some(parent)) = (&state.kind, state.parent) else { break };
-                let Some(parent_state) = self.frame(parent) else { break };
+            while let Some(state) = self.frames.get(current).and_then(Option::as_ref) {
+                let (FrameKind::LoopRound { .. }, Some(parent)) = (&state.kind, state.parent) else {
+                    break;
+                };
+                let Some(parent_state) = self.frame(parent) else {
+                    break;
+                };
                 if !parent_state.pool.contains(slot, &name) {
                     break;
                 }
                 parent_state.pool.set(slot, name.clone(), update.value.clone());
                 current = parent;
             }
-            self.sink.emit(RunEvent::VariableUpdated { selector: Arc::from(update.selector.variable_parts().to_vec()), value: update.value });
+            self.sink.emit(RunEvent::VariableUpdated {
+                node_id: node_id.clone(),
+                selector: Arc::from(update.selector.variable_parts().to_vec()),
+                value: update.value,
+            });
         }
     }
 
@@ -759,7 +774,9 @@ impl Runner<'_> {
         let Some(loop_node) = loop_node else { return };
         let mut current = Some(frame);
         while let Some(index) = current {
-            let Some(state) = self.frames.get(index).and_then(Option::as_ref) else { return };
+            let Some(state) = self.frames.get(index).and_then(Option::as_ref) else {
+                return;
+            };
             if let FrameKind::LoopRound { invocation, .. } = state.kind
                 && matches!(self.invocations.get(invocation), Some(Some(Invocation::Loop(run))) if run.node == loop_node)
             {
@@ -773,11 +790,15 @@ impl Runner<'_> {
     }
 
     fn maybe_complete_frame(&mut self, frame: usize) {
-        let Some(state) = self.frames.get(frame).and_then(Option::as_ref) else { return };
+        let Some(state) = self.frames.get(frame).and_then(Option::as_ref) else {
+            return;
+        };
         if frame == ROOT || state.unfinished > 0 || self.outcome.is_some() {
             return;
         }
-        let Some(state) = self.frames[frame].take() else { return };
+        let Some(state) = self.frames[frame].take() else {
+            return;
+        };
         match state.kind {
             FrameKind::IterationItem { invocation, index } => self.complete_iteration_item(invocation, index, state),
             FrameKind::LoopRound { invocation, index } => self.complete_loop_round(invocation, index, state),
@@ -809,7 +830,9 @@ impl Runner<'_> {
 
     fn start_iteration(&mut self, frame: usize, node: u32, spec: &IterationSpec) {
         let info = self.begin_execution(frame, node);
-        let Some(state) = self.frame(frame) else { return };
+        let Some(state) = self.frame(frame) else {
+            return;
+        };
         let Some(value) = state.pool.get(&spec.iterator) else {
             let message = format!("iterator variable {} not found", spec.iterator.display());
             return self.fail_container(frame, node, message);
@@ -878,18 +901,26 @@ impl Runner<'_> {
     }
 
     fn schedule_iteration_items(&mut self, invocation: usize, indexes: Vec<usize>) {
-        let Some(run) = self.iteration(invocation) else { return };
+        let Some(run) = self.iteration(invocation) else {
+            return;
+        };
         run.resume_pending = false;
         if self.finish_failed_iteration_if_ready(invocation) {
             return;
         }
         for index in indexes {
-            let Some(run) = self.iteration(invocation) else { return };
+            let Some(run) = self.iteration(invocation) else {
+                return;
+            };
             run.scheduled = run.scheduled.max(index + 1);
             let (parent, node, item) = (run.frame, run.node, run.items[index].clone());
-            let Some(start) = self.iteration_spec(node).and_then(|spec| spec.start) else { return };
+            let Some(start) = self.iteration_spec(node).and_then(|spec| spec.start) else {
+                return;
+            };
             let scope = self.child_scope(parent, node, index, true);
-            let Some(parent_state) = self.frame(parent) else { return };
+            let Some(parent_state) = self.frame(parent) else {
+                return;
+            };
             let mut pool = parent_state.pool.clone();
             pool.set(Slot::Node(node), Arc::from("index"), Value::Int(index as i64));
             pool.set(Slot::Node(node), Arc::from("item"), item);
@@ -900,13 +931,17 @@ impl Runner<'_> {
     }
 
     fn request_iteration_items(&mut self, invocation: usize) {
-        let Some(run) = self.iteration(invocation) else { return };
+        let Some(run) = self.iteration(invocation) else {
+            return;
+        };
         let node = run.node;
         if run.resume_pending || run.scheduled >= run.items.len() {
             return;
         }
         let parallelism = self.iteration_spec(node).map_or(1, |spec| spec.parallelism);
-        let Some(run) = self.iteration(invocation) else { return };
+        let Some(run) = self.iteration(invocation) else {
+            return;
+        };
         let active = run.scheduled - run.completed;
         let capacity = parallelism.saturating_sub(active);
         if capacity == 0 {
@@ -919,14 +954,18 @@ impl Runner<'_> {
     }
 
     fn finish_failed_iteration_if_ready(&mut self, invocation: usize) -> bool {
-        let Some(run) = self.iteration(invocation) else { return true };
-        let Some(error) = run.errors.first().cloned() else { return false };
+        let Some(run) = self.iteration(invocation) else {
+            return true;
+        };
+        let Some(error) = run.errors.first().cloned() else {
+            return false;
+        };
         if run.completed < run.scheduled || run.resume_pending {
             return true;
         }
         run.resume_pending = true;
         let outcome = self.iteration_outcome(invocation, Some(error));
-        self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+        self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
         true
     }
 
@@ -951,8 +990,11 @@ impl Runner<'_> {
 
     fn complete_iteration_item(&mut self, invocation: usize, index: usize, frame: Frame) {
         let mode = self.iteration(invocation).map(|run| run.node).and_then(|node| self.iteration_spec(node)).map(|spec| spec.error_mode);
-        let output_selector = self.iteration(invocation).map(|run| run.node).and_then(|node| self.iteration_spec(node)).map(|spec| spec.output.clone());
-        let Some(run) = self.iteration(invocation) else { return };
+        let output_selector =
+            self.iteration(invocation).map(|run| run.node).and_then(|node| self.iteration_spec(node)).map(|spec| spec.output.clone());
+        let Some(run) = self.iteration(invocation) else {
+            return;
+        };
         run.durations.insert(Arc::from(index.to_string()), Value::Float(frame.started.elapsed().as_secs_f64()));
         run.usage = run.usage.plus(&frame.usage);
         run.completed += 1;
@@ -986,10 +1028,12 @@ impl Runner<'_> {
         if self.finish_failed_iteration_if_ready(invocation) {
             return;
         }
-        let Some(run) = self.iteration(invocation) else { return };
+        let Some(run) = self.iteration(invocation) else {
+            return;
+        };
         if run.completed >= run.items.len() {
             let outcome = self.iteration_outcome(invocation, None);
-            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
             return;
         }
         self.request_iteration_items(invocation);
@@ -999,7 +1043,9 @@ impl Runner<'_> {
         let info = self.begin_execution(frame, node);
         let mut inputs = map_of([("loop_count", Value::Int(spec.count))]);
         for variable in &spec.variables {
-            let Some(state) = self.frame(frame) else { return };
+            let Some(state) = self.frame(frame) else {
+                return;
+            };
             let value = match &variable.source {
                 nodes::containers::LoopVariableSource::Constant(value) => match constant_loop_value(variable.var_type, value) {
                     Ok(value) => value,
@@ -1007,7 +1053,9 @@ impl Runner<'_> {
                 },
                 nodes::containers::LoopVariableSource::Variable(selector) => match state.pool.get(selector) {
                     Some(value) => value,
-                    None => return self.fail_container(frame, node, format!("Invalid value for loop variable {}", variable.label)),
+                    None => {
+                        return self.fail_container(frame, node, format!("Invalid value for loop variable {}", variable.label));
+                    }
                 },
                 nodes::containers::LoopVariableSource::Invalid => {
                     return self.fail_container(frame, node, format!("Invalid value for loop variable {}", variable.label));
@@ -1044,18 +1092,26 @@ impl Runner<'_> {
 
     fn start_loop_round(&mut self, invocation: usize, index: usize) {
         let plan = self.plan.clone();
-        let Some(run) = self.loop_run(invocation) else { return };
+        let Some(run) = self.loop_run(invocation) else {
+            return;
+        };
         let (parent, node) = (run.frame, run.node);
-        let NodeKind::Loop(spec) = &plan.node(node).kind else { return };
-        let Some(parent_state) = self.frame(parent) else { return };
+        let NodeKind::Loop(spec) = &plan.node(node).kind else {
+            return;
+        };
+        let Some(parent_state) = self.frame(parent) else {
+            return;
+        };
         // Dify checks the break conditions before every round, ignoring errors here.
         let reached = !spec.break_conditions.is_empty()
             && process_conditions(&spec.break_conditions, spec.operator, &parent_state.pool).is_ok_and(|check| check.final_result);
         if reached {
-            let Some(run) = self.loop_run(invocation) else { return };
+            let Some(run) = self.loop_run(invocation) else {
+                return;
+            };
             run.reached_break = true;
             let outcome = self.loop_outcome(invocation, 0, None);
-            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
             return;
         }
         let Some(start) = spec.start else { return };
@@ -1093,9 +1149,13 @@ impl Runner<'_> {
 
     fn complete_loop_round(&mut self, invocation: usize, index: usize, frame: Frame) {
         let plan = self.plan.clone();
-        let Some(run) = self.loop_run(invocation) else { return };
+        let Some(run) = self.loop_run(invocation) else {
+            return;
+        };
         let (parent, node) = (run.frame, run.node);
-        let NodeKind::Loop(spec) = &plan.node(node).kind else { return };
+        let NodeKind::Loop(spec) = &plan.node(node).kind else {
+            return;
+        };
         run.completed += 1;
         run.durations.insert(Arc::from(index.to_string()), Value::Float(frame.started.elapsed().as_secs_f64()));
         run.usage = run.usage.plus(&frame.usage);
@@ -1106,13 +1166,16 @@ impl Runner<'_> {
                     values.insert(variable.label.clone(), value.clone());
                 }
                 None => {
-                    let outcome = self.loop_outcome(invocation, spec.count as usize, Some(format!("loop variable {} is missing", variable.label)));
-                    self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+                    let outcome =
+                        self.loop_outcome(invocation, spec.count as usize, Some(format!("loop variable {} is missing", variable.label)));
+                    self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
                     return;
                 }
             }
         }
-        let Some(run) = self.loop_run(invocation) else { return };
+        let Some(run) = self.loop_run(invocation) else {
+            return;
+        };
         run.variable_map.insert(Arc::from(index.to_string()), Value::object(values.clone()));
         for (key, value) in values {
             run.outputs.insert(key, value);
@@ -1128,7 +1191,7 @@ impl Runner<'_> {
         }
         if let Some(error) = frame.errors.first().cloned() {
             let outcome = self.loop_outcome(invocation, spec.count as usize, Some(error));
-            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
             return;
         }
         let mut reached = frame.reached_break;
@@ -1137,30 +1200,36 @@ impl Runner<'_> {
                 Ok(check) => reached = check.final_result,
                 Err(error) => {
                     let outcome = self.loop_outcome(invocation, spec.count as usize, Some(error));
-                    self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+                    self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
                     return;
                 }
             }
         }
-        let Some(run) = self.loop_run(invocation) else { return };
+        let Some(run) = self.loop_run(invocation) else {
+            return;
+        };
         if reached {
             run.reached_break = true;
         }
         if run.reached_break || completed as i64 >= spec.count {
             let outcome = self.loop_outcome(invocation, spec.count as usize, None);
-            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(outcome) });
+            self.queue.push_back(Task::Resume { invocation, resume: Resume::Finished(Box::new(outcome)) });
         } else {
             self.queue.push_back(Task::Resume { invocation, resume: Resume::LoopRound(completed) });
         }
     }
 
     fn resume(&mut self, invocation: usize, resume: Resume) {
-        let Some(Some(container)) = self.invocations.get(invocation) else { return };
+        let Some(Some(container)) = self.invocations.get(invocation) else {
+            return;
+        };
         let (frame, node, is_iteration) = match container {
             Invocation::Iteration(run) => (run.frame, run.node, true),
             Invocation::Loop(run) => (run.frame, run.node, false),
         };
-        let Some(info) = self.container_info(frame, node) else { return };
+        let Some(info) = self.container_info(frame, node) else {
+            return;
+        };
         match resume {
             Resume::IterationItems(indexes) => {
                 for &index in &indexes {
@@ -1188,7 +1257,10 @@ impl Runner<'_> {
                     Some(Value::Int(tokens)) => *tokens,
                     _ => 0,
                 };
-                let elapsed = self.frame(frame).and_then(|state| state.executions[node as usize].as_ref()).map_or(0.0, |execution| execution.started.elapsed().as_secs_f64());
+                let elapsed = self
+                    .frame(frame)
+                    .and_then(|state| state.executions[node as usize].as_ref())
+                    .map_or(0.0, |execution| execution.started.elapsed().as_secs_f64());
                 let completed = Box::new(ContainerCompleted {
                     info,
                     inputs: Arc::new(outcome.inputs.clone()),

@@ -274,7 +274,9 @@ impl ResponseFilter {
 
     pub fn edge_taken(&mut self, edge: u32, view: &View<'_>, out: &mut Vec<Emitted>) {
         let response = &view.plan.response;
-        let Some(watchers) = response.watchers.get(&edge) else { return };
+        let Some(watchers) = response.watchers.get(&edge) else {
+            return;
+        };
         for &position in watchers {
             let target = &response.nodes[position];
             if self.pending[position] && reaches(view.plan, response.root, target.node, target, view.edge_states) {
@@ -284,7 +286,9 @@ impl ResponseFilter {
     }
 
     pub fn chunk(&mut self, selector: &[String], text: &str, is_final: bool, view: &View<'_>, out: &mut Vec<Emitted>) {
-        let Some(&stream) = view.plan.response.stream_index.get(selector) else { return };
+        let Some(&stream) = view.plan.response.stream_index.get(selector) else {
+            return;
+        };
         let buffer = &mut self.buffers[stream];
         if buffer.closed {
             return;

@@ -12,7 +12,11 @@ use crate::value::Value;
 enum Part {
     Text(Arc<str>),
     /// A reference; when it does not resolve, Dify renders its bare path (`node.var`).
-    Variable { selector: Selector, literal: Arc<str>, braced: bool },
+    Variable {
+        selector: Selector,
+        literal: Arc<str>,
+        braced: bool,
+    },
 }
 
 /// A compiled template. Rendering looks values up in a pool; nothing is parsed at run time.

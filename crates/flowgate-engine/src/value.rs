@@ -97,10 +97,7 @@ impl SegType {
     }
 
     pub fn is_array(self) -> bool {
-        matches!(
-            self,
-            Self::ArrayAny | Self::ArrayString | Self::ArrayNumber | Self::ArrayObject | Self::ArrayBoolean | Self::ArrayFile
-        )
+        matches!(self, Self::ArrayAny | Self::ArrayString | Self::ArrayNumber | Self::ArrayObject | Self::ArrayBoolean | Self::ArrayFile)
     }
 
     pub fn element(self) -> Option<Self> {
@@ -127,7 +124,9 @@ impl SegType {
             (Self::File, Value::File(_)) => true,
             (Self::ArrayAny, Value::Array(_)) => true,
             (array, Value::Array(items)) if array.is_array() => {
-                let Some(element) = array.element() else { return false };
+                let Some(element) = array.element() else {
+                    return false;
+                };
                 items.iter().all(|item| element.accepts(item))
             }
             _ => false,
@@ -467,11 +466,7 @@ impl From<serde_json::Value> for Value {
 }
 
 fn number_value(number: &serde_json::Number) -> Value {
-    if let Some(int) = number.as_i64() {
-        Value::Int(int)
-    } else {
-        Value::Float(number.as_f64().unwrap_or(f64::NAN))
-    }
+    if let Some(int) = number.as_i64() { Value::Int(int) } else { Value::Float(number.as_f64().unwrap_or(f64::NAN)) }
 }
 
 impl From<&str> for Value {

@@ -228,7 +228,8 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
         Some(conversation_id) => Envelope::Chat { conversation_id: conversation_id.clone(), message_id: uuid::Uuid::new_v4().to_string() },
         None => Envelope::Workflow,
     };
-    let wire = WireContext { task_id: uuid::Uuid::new_v4().to_string(), run_id, user: options.user, end_user_id: "cli-user".into(), envelope };
+    let wire =
+        WireContext { task_id: uuid::Uuid::new_v4().to_string(), run_id, user: options.user, end_user_id: "cli-user".into(), envelope };
     let print_events = options.events;
     let mut sink = move |event: RunEvent| {
         if print_events {

@@ -144,15 +144,27 @@ impl WireContext {
                 }
             }
             RunEvent::IterationStarted { info, inputs, length } => {
-                vec![self.with_data("iteration_started", info.created_at, container_started(info, inputs, json!({"iteration_length": length})))]
+                vec![self.with_data(
+                    "iteration_started",
+                    info.created_at,
+                    container_started(info, inputs, json!({"iteration_length": length})),
+                )]
             }
             RunEvent::LoopStarted { info, inputs, length } => {
                 vec![self.with_data("loop_started", info.created_at, container_started(info, inputs, json!({"loop_length": length})))]
             }
-            RunEvent::IterationNext { info, index } => vec![self.with_data("iteration_next", now(), container_next(info, *index, false))],
-            RunEvent::LoopNext { info, index } => vec![self.with_data("loop_next", now(), container_next(info, *index, true))],
-            RunEvent::IterationCompleted(completed) => vec![self.with_data("iteration_completed", now(), container_completed(completed))],
-            RunEvent::LoopCompleted(completed) => vec![self.with_data("loop_completed", now(), container_completed(completed))],
+            RunEvent::IterationNext { info, index } => {
+                vec![self.with_data("iteration_next", now(), container_next(info, *index, false))]
+            }
+            RunEvent::LoopNext { info, index } => {
+                vec![self.with_data("loop_next", now(), container_next(info, *index, true))]
+            }
+            RunEvent::IterationCompleted(completed) => {
+                vec![self.with_data("iteration_completed", now(), container_completed(completed))]
+            }
+            RunEvent::LoopCompleted(completed) => {
+                vec![self.with_data("loop_completed", now(), container_completed(completed))]
+            }
             RunEvent::VariableUpdated { .. } => Vec::new(),
             RunEvent::WorkflowFinished(summary) => {
                 let mut events = vec![self.with_data("workflow_finished", summary.finished_at, self.workflow_finished(summary))];

@@ -22,10 +22,7 @@ impl AggregatorNode {
                 .groups
                 .iter()
                 .map(|group| {
-                    (
-                        Arc::from(group.group_name.as_str()),
-                        group.variables.iter().map(|selector| resolver.selector(selector)).collect(),
-                    )
+                    (Arc::from(group.group_name.as_str()), group.variables.iter().map(|selector| resolver.selector(selector)).collect())
                 })
                 .collect()
         });

@@ -66,12 +66,18 @@ impl AssignerV1 {
         let seg_type = variable_type(ctx.pool, &self.target, &original);
         let (income, updated) = match self.mode {
             WriteMode::OverWrite => {
-                let Some(income) = ctx.pool.get(&self.input) else { return fail("input value not found") };
+                let Some(income) = ctx.pool.get(&self.input) else {
+                    return fail("input value not found");
+                };
                 (income.clone(), income)
             }
             WriteMode::Append => {
-                let Some(income) = ctx.pool.get(&self.input) else { return fail("input value not found") };
-                let Value::Array(items) = &original else { return fail("append mode requires an array variable") };
+                let Some(income) = ctx.pool.get(&self.input) else {
+                    return fail("input value not found");
+                };
+                let Value::Array(items) = &original else {
+                    return fail("append mode requires an array variable");
+                };
                 let mut items = items.as_ref().clone();
                 items.push(income.clone());
                 (income, Value::array(items))
@@ -82,15 +88,11 @@ impl AssignerV1 {
             },
         };
         let mut process_data = map_with_capacity(1);
-        process_data.insert(
-            Arc::from("__updated_variables"),
-            Value::array(vec![updated_variables_entry(&self.target, seg_type, &updated)]),
-        );
+        process_data
+            .insert(Arc::from("__updated_variables"), Value::array(vec![updated_variables_entry(&self.target, seg_type, &updated)]));
         NodeResult {
             updates: vec![VariableUpdate { selector: self.target.clone(), value: updated }],
-            ..NodeResult::succeeded(Map::default())
-                .with_inputs(map_of([("value", income)]))
-                .with_process_data(process_data)
+            ..NodeResult::succeeded(Map::default()).with_inputs(map_of([("value", income)])).with_process_data(process_data)
         }
     }
 }
@@ -158,10 +160,7 @@ impl AssignerV2 {
                 }
                 Ok(false) => {}
                 Err(error) => {
-                    return NodeResult {
-                        inputs: Some(self.inputs.clone()),
-                        ..NodeResult::failed(error, "VariableOperatorNodeError")
-                    };
+                    return NodeResult { inputs: Some(self.inputs.clone()), ..NodeResult::failed(error, "VariableOperatorNodeError") };
                 }
             }
         }
@@ -176,11 +175,7 @@ impl AssignerV2 {
             updates.push(VariableUpdate { selector: selector.clone(), value });
         }
         process_data.insert(Arc::from("__updated_variables"), Value::array(entries));
-        NodeResult {
-            inputs: Some(self.inputs.clone()),
-            updates,
-            ..NodeResult::succeeded(Map::default()).with_process_data(process_data)
-        }
+        NodeResult { inputs: Some(self.inputs.clone()), updates, ..NodeResult::succeeded(Map::default()).with_process_data(process_data) }
     }
 }
 
@@ -190,7 +185,9 @@ fn apply_item(item: &Item, pool: &mut Pool) -> Result<bool, String> {
     let not_found = |parts: &[String]| format!("Variable {} not found", crate::value::python_list_of_strings(parts));
     // Only whole variables can be assigned, never a key inside one.
     let current = if item.target.path.is_empty() { pool.variable(item.target.slot, &item.target.name).cloned() } else { None };
-    let Some(current) = current else { return Err(not_found(item.target.parts())) };
+    let Some(current) = current else {
+        return Err(not_found(item.target.parts()));
+    };
     let seg_type = variable_type(pool, &item.target, &current);
     let operation = item.operation;
     if !operation_supported(seg_type, operation) {
@@ -210,7 +207,9 @@ fn apply_item(item: &Item, pool: &mut Pool) -> Result<bool, String> {
         && !item.constant.is_none();
     let mut input = item.constant.clone();
     if reads_variable {
-        let Some(source) = &item.source else { return Err(not_found(&[])) };
+        let Some(source) = &item.source else {
+            return Err(not_found(&[]));
+        };
         match pool.get(source) {
             None => return Err(not_found(source.parts())),
             Some(Value::None) => return Ok(false),
@@ -246,11 +245,8 @@ fn apply_item(item: &Item, pool: &mut Pool) -> Result<bool, String> {
         }
         AssignerOperation::RemoveFirst | AssignerOperation::RemoveLast => match &current {
             Value::Array(items) if !items.is_empty() => {
-                let items: Vec<Value> = if operation == AssignerOperation::RemoveFirst {
-                    items[1..].to_vec()
-                } else {
-                    items[..items.len() - 1].to_vec()
-                };
+                let items: Vec<Value> =
+                    if operation == AssignerOperation::RemoveFirst { items[1..].to_vec() } else { items[..items.len() - 1].to_vec() };
                 Value::array(items)
             }
             other => other.clone(),
@@ -298,7 +294,9 @@ fn variable_input_supported(operation: AssignerOperation) -> bool {
 fn constant_input_supported(seg_type: SegType, operation: AssignerOperation) -> bool {
     use AssignerOperation as Op;
     match seg_type {
-        SegType::String | SegType::Object | SegType::Boolean => matches!(operation, Op::OverWrite | Op::Set),
+        SegType::String | SegType::Object | SegType::Boolean => {
+            matches!(operation, Op::OverWrite | Op::Set)
+        }
         kind if numeric(kind) => {
             matches!(operation, Op::OverWrite | Op::Set | Op::Add | Op::Subtract | Op::Multiply | Op::Divide)
         }
@@ -336,7 +334,9 @@ fn input_valid(seg_type: SegType, operation: AssignerOperation, value: &Value) -
     };
     match operation {
         Op::Append => element_ok(value),
-        Op::Extend | Op::OverWrite => matches!(value, Value::Array(items) if items.iter().all(element_ok)),
+        Op::Extend | Op::OverWrite => {
+            matches!(value, Value::Array(items) if items.iter().all(element_ok))
+        }
         _ => false,
     }
 }

@@ -7,8 +7,8 @@ use flowgate_dsl::nodes::{CodeData, CodeOutput, indexmap_like::OrderedMap};
 
 use super::{Capability, Exec, NodeCtx, NodeResult, compile_bindings};
 use crate::plan::SelectorResolver;
-use crate::ports::CodeCall;
 use crate::pool::Selector;
+use crate::ports::CodeCall;
 use crate::pyfmt;
 use crate::value::{Map, SegType, Value, map_with_capacity};
 
@@ -79,7 +79,9 @@ impl CodeNode {
         for (name, selector) in &self.bindings {
             let value = match ctx.pool.get(selector) {
                 // Dify passes an empty file list as None.
-                Some(Value::Array(items)) if items.is_empty() && selector.path.is_empty() && declared_file_list(ctx, selector) => Value::None,
+                Some(Value::Array(items)) if items.is_empty() && selector.path.is_empty() && declared_file_list(ctx, selector) => {
+                    Value::None
+                }
                 Some(value) => value,
                 None => Value::None,
             };
@@ -93,12 +95,8 @@ impl CodeNode {
                 NodeResult::failed(format!("Unsupported code language: {}", self.language), "CodeNodeError").with_inputs(inputs),
             );
         }
-        let call = CodeCall {
-            context: ctx.port_context(),
-            language: self.language.clone(),
-            code: self.code.to_string(),
-            inputs: inputs.clone(),
-        };
+        let call =
+            CodeCall { context: ctx.port_context(), language: self.language.clone(), code: self.code.to_string(), inputs: inputs.clone() };
         let schema = self.schema.clone();
         Exec::Pending(Box::pin(async move {
             let inputs = Arc::new(inputs);
@@ -127,10 +125,6 @@ fn path(prefix: &str, name: &str) -> String {
     if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
 }
 
-fn python_type(value: &Value) -> &'static str {
-    crate::condition::python_type_name(value)
-}
-
 fn short_type(value: &Value) -> &'static str {
     match value {
         Value::None => "NoneType",
@@ -145,13 +139,7 @@ fn short_type(value: &Value) -> &'static str {
 }
 
 /// Dify's `_transform_result`: checks every declared output (and nothing undeclared).
-fn validate(
-    result: &Map,
-    schema: Option<&[OutputSchema]>,
-    prefix: &str,
-    depth: usize,
-    limits: &CodeLimits,
-) -> Result<Map, Invalid> {
+fn validate(result: &Map, schema: Option<&[OutputSchema]>, prefix: &str, depth: usize, limits: &CodeLimits) -> Result<Map, Invalid> {
     if depth > limits.max_depth {
         return Err((format!("Depth limit {} reached, object too deep.", limits.max_depth), "DepthLimitError"));
     }
@@ -176,18 +164,18 @@ fn validate(
 
 fn transform(output: &OutputSchema, value: &Value, prefix: &str, depth: usize, limits: &CodeLimits) -> Result<Value, Invalid> {
     let output_path = path(prefix, &output.name);
-    let not_array = || invalid(format!("Output {output_path} is not an array, got {} instead.", python_type(value)));
+    let not_array = || invalid(format!("Output {output_path} is not an array, got {} instead.", crate::pyfmt::python_type_name(value)));
     match output.kind {
         Some(SegType::Object) => match value {
             Value::None => Ok(Value::None),
             Value::Object(map) => validate(map, output.children.as_deref(), &output_path, depth + 1, limits).map(Value::object),
-            other => Err(invalid(format!("Output {output_path} is not an object, got {} instead.", python_type(other)))),
+            other => Err(invalid(format!("Output {output_path} is not an object, got {} instead.", crate::pyfmt::python_type_name(other)))),
         },
         Some(SegType::Number) => match value {
             Value::None => Ok(Value::None),
             Value::Bool(flag) => Ok(Value::Int(i64::from(*flag))),
             Value::Int(_) | Value::Float(_) => check_number(value, &output_path, limits).map(|()| value.clone()),
-            other => Err(invalid(format!("Output {output_path} is not a number, got {} instead.", python_type(other)))),
+            other => Err(invalid(format!("Output {output_path} is not a number, got {} instead.", crate::pyfmt::python_type_name(other)))),
         },
         Some(SegType::String) => match value {
             Value::None => Ok(Value::None),
@@ -269,7 +257,7 @@ fn transform(output: &OutputSchema, value: &Value, prefix: &str, depth: usize, l
                         other => {
                             return Err(invalid(format!(
                                 "Output {output_path}[{index}] is not an object, got {} instead at index {index}.",
-                                python_type(other)
+                                crate::pyfmt::python_type_name(other)
                             )));
                         }
                     }
@@ -285,7 +273,7 @@ fn transform(output: &OutputSchema, value: &Value, prefix: &str, depth: usize, l
                     if !matches!(item, Value::None | Value::Bool(_)) {
                         return Err(invalid(format!(
                             "Output {output_path}[{index}] is not a boolean, got {} instead.",
-                            python_type(item)
+                            crate::pyfmt::python_type_name(item)
                         )));
                     }
                 }
@@ -305,7 +293,9 @@ fn validate_untyped(name: &str, value: &Value, prefix: &str, depth: usize, limit
         Value::Int(_) | Value::Float(_) => check_number(value, &output_path, limits),
         Value::Str(text) => check_string(text, &output_path, limits).map(|_| ()),
         Value::Array(items) => {
-            let Some(first) = items.first().filter(|first| !first.is_none()) else { return Ok(()) };
+            let Some(first) = items.first().filter(|first| !first.is_none()) else {
+                return Ok(());
+            };
             let all = |check: fn(&Value) -> bool| items.iter().all(|item| item.is_none() || check(item));
             if matches!(first, Value::Int(_) | Value::Float(_) | Value::Bool(_))
                 && all(|item| matches!(item, Value::Int(_) | Value::Float(_) | Value::Bool(_)))
@@ -359,7 +349,9 @@ fn check_string(text: &str, variable: &str, limits: &CodeLimits) -> Result<Value
 }
 
 fn check_number(value: &Value, variable: &str, limits: &CodeLimits) -> Result<(), Invalid> {
-    let Some(number) = value.as_number() else { return Ok(()) };
+    let Some(number) = value.as_number() else {
+        return Ok(());
+    };
     let as_float = number.as_f64();
     if as_float > limits.max_number || as_float < limits.min_number {
         return Err(invalid(format!(

@@ -123,7 +123,9 @@ fn nearest_loop<'a>(graph: &'a flowgate_dsl::Graph, node: &flowgate_dsl::Node) -
 /// A loop variable's constant, converted to its declared type as Dify does: JSON text for
 /// array types, then a type check with one JSON-decoding retry for text.
 pub fn constant_loop_value(var_type: Option<SegType>, value: &Value) -> Result<Value, String> {
-    let Some(var_type) = var_type else { return Ok(value.clone()) };
+    let Some(var_type) = var_type else {
+        return Ok(value.clone());
+    };
     let prepared = match var_type {
         SegType::ArrayNumber | SegType::ArrayObject | SegType::ArrayString => match value {
             Value::Str(text) if !text.is_empty() => parse_json(text)?,
@@ -141,9 +143,7 @@ pub fn constant_loop_value(var_type: Option<SegType>, value: &Value) -> Result<V
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .map(Value::from)
-        .map_err(|error| crate::condition::json_error_message(&error))
+    serde_json::from_str::<serde_json::Value>(text).map(Value::from).map_err(|error| crate::condition::json_error_message(&error))
 }
 
 /// Dify's `build_segment_with_type`: the value must fit the declared type.
@@ -164,7 +164,9 @@ pub fn typed_value(seg_type: SegType, value: Value) -> Result<Value, String> {
     }
     let fits = match seg_type {
         SegType::Number => matches!(value, Value::Int(_) | Value::Float(_)),
-        SegType::ArrayNumber => matches!(&value, Value::Array(items) if items.iter().all(|item| matches!(item, Value::Int(_) | Value::Float(_)))),
+        SegType::ArrayNumber => {
+            matches!(&value, Value::Array(items) if items.iter().all(|item| matches!(item, Value::Int(_) | Value::Float(_))))
+        }
         other => other.accepts(&value),
     };
     if fits {

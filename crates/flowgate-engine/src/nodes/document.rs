@@ -15,10 +15,56 @@ use crate::ports::FilePort;
 use crate::value::{File, Value, map_of};
 
 const PLAIN_TEXT_EXTENSIONS: &[&str] = &[
-    ".txt", ".markdown", ".md", ".mdx", ".html", ".htm", ".xml", ".c", ".h", ".cpp", ".hpp", ".cc", ".cxx", ".c++", ".py",
-    ".js", ".ts", ".jsx", ".tsx", ".java", ".php", ".rb", ".go", ".rs", ".swift", ".kt", ".scala", ".sh", ".bash",
-    ".bat", ".ps1", ".sql", ".r", ".m", ".pl", ".lua", ".vim", ".asm", ".s", ".css", ".scss", ".less", ".sass", ".ini",
-    ".cfg", ".conf", ".toml", ".env", ".log", ".vtt",
+    ".txt",
+    ".markdown",
+    ".md",
+    ".mdx",
+    ".html",
+    ".htm",
+    ".xml",
+    ".c",
+    ".h",
+    ".cpp",
+    ".hpp",
+    ".cc",
+    ".cxx",
+    ".c++",
+    ".py",
+    ".js",
+    ".ts",
+    ".jsx",
+    ".tsx",
+    ".java",
+    ".php",
+    ".rb",
+    ".go",
+    ".rs",
+    ".swift",
+    ".kt",
+    ".scala",
+    ".sh",
+    ".bash",
+    ".bat",
+    ".ps1",
+    ".sql",
+    ".r",
+    ".m",
+    ".pl",
+    ".lua",
+    ".vim",
+    ".asm",
+    ".s",
+    ".css",
+    ".scss",
+    ".less",
+    ".sass",
+    ".ini",
+    ".cfg",
+    ".conf",
+    ".toml",
+    ".env",
+    ".log",
+    ".vtt",
 ];
 const PLAIN_TEXT_MIME_TYPES: &[&str] = &["text/plain", "text/html", "text/htm", "text/markdown", "text/xml"];
 
@@ -39,19 +85,16 @@ impl DocumentExtractorNode {
         };
         let (files, is_list) = match &variable {
             Value::File(file) => (vec![(**file).clone()], false),
-            Value::Array(items) if items.iter().all(|item| matches!(item, Value::File(_))) => (
-                items.iter().filter_map(|item| if let Value::File(file) = item { Some((**file).clone()) } else { None }).collect(),
-                true,
-            ),
+            Value::Array(items) if items.iter().all(|item| matches!(item, Value::File(_))) => {
+                (items.iter().filter_map(|item| if let Value::File(file) = item { Some((**file).clone()) } else { None }).collect(), true)
+            }
             value if !value.truthy() => (Vec::new(), true),
             _ => {
                 return Exec::Done(NodeResult::failed(format!("Variable {shown} is not an ArrayFileSegment"), "WorkflowNodeError"));
             }
         };
-        let inputs = map_of([(
-            "variable_selector",
-            Value::array(self.variable.parts().iter().map(|part| Value::str(part.as_str())).collect()),
-        )]);
+        let inputs =
+            map_of([("variable_selector", Value::array(self.variable.parts().iter().map(|part| Value::str(part.as_str())).collect()))]);
         let process_data = map_of([("documents", Value::array(files.iter().cloned().map(|file| Value::File(Arc::new(file))).collect()))]);
         if files.is_empty() {
             return Exec::Done(
@@ -81,8 +124,7 @@ async fn extract_file(port: &dyn FilePort, file: &File) -> Result<String, String
     let content = port.read(file).await.map_err(|error| format!("Error downloading file: {}", error.message))?;
     if let Some(extension) = file.extension.as_deref().filter(|extension| !extension.is_empty()) {
         let extension = extension.to_ascii_lowercase();
-        return extract_by_extension(&extension, &content)
-            .unwrap_or_else(|| Err(format!("Unsupported Extension Type: {extension}")));
+        return extract_by_extension(&extension, &content).unwrap_or_else(|| Err(format!("Unsupported Extension Type: {extension}")));
     }
     if let Some(mime_type) = file.mime_type.as_deref().filter(|mime| !mime.is_empty()) {
         return extract_by_mime(mime_type, &content).unwrap_or_else(|| Err(format!("Unsupported MIME type: {mime_type}")));
@@ -136,7 +178,9 @@ fn csv_text(content: &[u8]) -> Result<String, String> {
         .map(|record| record.map(|record| record.iter().map(str::to_owned).collect()))
         .collect::<Result<_, _>>()
         .map_err(|error| format!("Failed to extract text from CSV: {error}"))?;
-    let Some(header) = rows.first() else { return Ok(String::new()) };
+    let Some(header) = rows.first() else {
+        return Ok(String::new());
+    };
     let cell = |cell: &String| cell.replace('\n', " ").replace('\r', "");
     let mut out = format!("| {} |\n", header.iter().map(cell).collect::<Vec<_>>().join(" | "));
     out.push_str(&format!("| {} |\n", header.iter().map(|column| "-".repeat(column.chars().count())).collect::<Vec<_>>().join(" | ")));

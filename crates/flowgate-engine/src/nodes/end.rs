@@ -14,11 +14,8 @@ pub struct EndNode {
 
 impl EndNode {
     pub fn compile(data: &EndData, resolver: &SelectorResolver<'_>) -> Self {
-        let outputs = data
-            .outputs
-            .iter()
-            .map(|output| (Arc::from(output.variable.as_str()), resolver.selector(&output.value_selector)))
-            .collect();
+        let outputs =
+            data.outputs.iter().map(|output| (Arc::from(output.variable.as_str()), resolver.selector(&output.value_selector))).collect();
         Self { outputs }
     }
 

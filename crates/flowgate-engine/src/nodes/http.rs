@@ -107,7 +107,9 @@ impl HttpRequestNode {
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
-        let Some(http) = ctx.ports.http.clone() else { return Exec::Done(ctx.missing_port(Capability::Http)) };
+        let Some(http) = ctx.ports.http.clone() else {
+            return Exec::Done(ctx.missing_port(Capability::Http));
+        };
         let prepared = match self.prepare(ctx.pool) {
             Ok(prepared) => prepared,
             Err(error) => return Exec::Done(NodeResult::failed(error.0, error.1)),
@@ -130,7 +132,9 @@ impl HttpRequestNode {
                 }
                 Some(key)
             }
-            None if self.auth_missing_config => return fail("authorization config is required".into(), "AuthorizationConfigError"),
+            None if self.auth_missing_config => {
+                return fail("authorization config is required".into(), "AuthorizationConfigError");
+            }
             None => None,
         };
         let url = self.url.render(pool, Render::Text);
@@ -201,7 +205,9 @@ impl HttpRequestNode {
                 let text = single("json")?.value.render(pool, Render::Text);
                 match parse_json_leniently(&text) {
                     Some(value) => PreparedBody::Json(value),
-                    None => return Err((format!("Failed to parse JSON: {text}"), "RequestBodyError")),
+                    None => {
+                        return Err((format!("Failed to parse JSON: {text}"), "RequestBodyError"));
+                    }
                 }
             }
             Some("binary") => {
@@ -209,10 +215,7 @@ impl HttpRequestNode {
                 match pool.get(&item.file) {
                     Some(Value::File(file)) => PreparedBody::Binary((*file).clone()),
                     _ => {
-                        return Err((
-                            format!("cannot fetch file with selector {}", item.file.display()),
-                            "FileFetchError",
-                        ));
+                        return Err((format!("cannot fetch file with selector {}", item.file.display()), "FileFetchError"));
                     }
                 }
             }
@@ -235,7 +238,9 @@ impl HttpRequestNode {
                 }
                 PreparedBody::Multipart { fields, files }
             }
-            Some(other) => return Err((format!("unsupported body type {other}"), "RequestBodyError")),
+            Some(other) => {
+                return Err((format!("unsupported body type {other}"), "RequestBodyError"));
+            }
         })
     }
 
@@ -365,7 +370,9 @@ async fn execute(http: Arc<dyn HttpPort>, files: Option<Arc<dyn FilePort>>, prep
     let process_data = map_of([("request", Value::from(request_log))]);
     let body = match build_body(&prepared.body, files.as_deref()).await {
         Ok(body) => body,
-        Err(error) => return NodeResult::failed(error.message, "FileFetchError").with_process_data(process_data),
+        Err(error) => {
+            return NodeResult::failed(error.message, "FileFetchError").with_process_data(process_data);
+        }
     };
     let request = HttpRequest {
         method: prepared.method.clone(),
@@ -379,7 +386,9 @@ async fn execute(http: Arc<dyn HttpPort>, files: Option<Arc<dyn FilePort>>, prep
     };
     let response = match http.send(request).await {
         Ok(response) => response,
-        Err(error) => return NodeResult::failed(error.message, "HttpRequestNodeError").with_process_data(process_data),
+        Err(error) => {
+            return NodeResult::failed(error.message, "HttpRequestNodeError").with_process_data(process_data);
+        }
     };
     let is_file = response_is_file(&response);
     let threshold = if is_file { MAX_BINARY_BYTES } else { MAX_TEXT_BYTES };
@@ -398,7 +407,9 @@ async fn execute(http: Arc<dyn HttpPort>, files: Option<Arc<dyn FilePort>>, prep
     let files_value = if is_file {
         match store_response_file(files.as_deref(), &prepared.url, &response).await {
             Ok(file) => Value::array(vec![Value::File(Arc::new(file))]),
-            Err(error) => return NodeResult::failed(error.message, "FileFetchError").with_process_data(process_data),
+            Err(error) => {
+                return NodeResult::failed(error.message, "FileFetchError").with_process_data(process_data);
+            }
         }
     } else {
         Value::array(Vec::new())
@@ -443,10 +454,9 @@ async fn build_body(body: &PreparedBody, files: Option<&dyn FilePort>) -> Result
     Ok(match body {
         PreparedBody::Absent => HttpBody::None,
         PreparedBody::Text(text) => HttpBody::Bytes { content: Bytes::from(text.clone()), content_type: None },
-        PreparedBody::Json(value) => HttpBody::Bytes {
-            content: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
-            content_type: None,
-        },
+        PreparedBody::Json(value) => {
+            HttpBody::Bytes { content: Bytes::from(serde_json::to_vec(value).unwrap_or_default()), content_type: None }
+        }
         PreparedBody::Binary(file) => HttpBody::Bytes { content: read_file(files, file).await?, content_type: None },
         PreparedBody::Form(pairs) => HttpBody::Form(pairs.clone()),
         PreparedBody::Multipart { fields, files: attachments } => {
@@ -557,10 +567,9 @@ async fn store_response_file(files: Option<&dyn FilePort>, url: &str, response: 
     let filename = disposition_name.unwrap_or(from_url);
     match files {
         Some(port) => port.store(response.body.clone(), &mime_type, &filename).await,
-        None => Err(PortError::new(
-            crate::ports::PortErrorKind::Other,
-            "the response is a file, and no file storage is configured to keep it",
-        )),
+        None => {
+            Err(PortError::new(crate::ports::PortErrorKind::Other, "the response is a file, and no file storage is configured to keep it"))
+        }
     }
 }
 
@@ -570,11 +579,8 @@ fn request_log(prepared: &Prepared) -> String {
     let path = if prepared.query.is_empty() {
         path
     } else {
-        let encoded: Vec<String> = prepared
-            .query
-            .iter()
-            .map(|(key, value)| format!("{}={}", form_encode(key), form_encode(value)))
-            .collect();
+        let encoded: Vec<String> =
+            prepared.query.iter().map(|(key, value)| format!("{}={}", form_encode(key), form_encode(value))).collect();
         format!("{}?{}", path.split('?').next().unwrap_or("/"), encoded.join("&"))
     };
     let mut log = format!("{} {path} HTTP/1.1\r\nHost: {host}\r\n", prepared.method);
@@ -630,10 +636,7 @@ mod tests {
 
     #[test]
     fn header_lines_parse_like_dify() {
-        assert_eq!(
-            parse_headers("aa:bb\n cc:dd"),
-            vec![("aa".into(), "bb".into()), ("cc".into(), "dd".into())]
-        );
+        assert_eq!(parse_headers("aa:bb\n cc:dd"), vec![("aa".into(), "bb".into()), ("cc".into(), "dd".into())]);
         assert_eq!(parse_headers("aa:\n cc:dd\n"), vec![("aa".into(), "".into()), ("cc".into(), "dd".into())]);
         assert_eq!(parse_headers("aa\n cc : dd"), vec![("aa".into(), "".into()), ("cc".into(), "dd".into())]);
         assert_eq!(parse_headers("x: 1\nx: 2"), vec![("x".into(), "2".into())]);

@@ -92,7 +92,9 @@ pub fn to_value(value: &JinjaValue) -> Value {
             Err(_) => Value::str(value.to_string()),
         },
         ValueKind::Map => {
-            let Ok(keys) = value.try_iter() else { return Value::str(value.to_string()) };
+            let Ok(keys) = value.try_iter() else {
+                return Value::str(value.to_string());
+            };
             let mut map = map_with_capacity(value.len().unwrap_or(0));
             for key in keys {
                 let item = value.get_item(&key).unwrap_or_default();

@@ -68,11 +68,8 @@ impl ListOperatorNode {
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> NodeResult {
         let Some(variable) = ctx.pool.get(&self.variable) else {
-            return NodeResult::failed(
-                format!("Variable not found for selector: {}", self.variable.display()),
-                "WorkflowNodeError",
-            )
-            .with_inputs(Default::default());
+            return NodeResult::failed(format!("Variable not found for selector: {}", self.variable.display()), "WorkflowNodeError")
+                .with_inputs(Default::default());
         };
         if !variable.truthy() {
             let empty = map_of([("variable", Value::array(Vec::new()))]);
@@ -81,7 +78,8 @@ impl ListOperatorNode {
         let declared = ctx.pool.declared_type(self.variable.slot, &self.variable.name).filter(|_| self.variable.path.is_empty());
         let kind = declared.unwrap_or_else(|| variable.seg_type());
         let Value::Array(items) = &variable else {
-            return self.not_an_array(kind);
+            let runtime = if kind == SegType::Secret { kind } else { variable.seg_type() };
+            return self.not_an_array(runtime);
         };
         if !matches!(kind, SegType::ArrayFile | SegType::ArrayNumber | SegType::ArrayString | SegType::ArrayBoolean) {
             return self.not_an_array(kind);
@@ -96,9 +94,9 @@ impl ListOperatorNode {
     fn not_an_array(&self, kind: SegType) -> NodeResult {
         NodeResult::failed(
             format!(
-                "Variable {} is not an array type, actual type: <class 'graphon.variables.segments.{}'>",
+                "Variable {} is not an array type, actual type: <class '{}'>",
                 self.variable.display(),
-                segment_class(kind)
+                python_class(kind, self.variable.path.is_empty())
             ),
             "WorkflowNodeError",
         )
@@ -123,7 +121,9 @@ impl ListOperatorNode {
         }
         if let Some((key, descending)) = &self.order {
             // Python's `sorted(reverse=True)` keeps equal items in their original order.
-            let direction = |ordering: Ordering| if *descending { ordering.reverse() } else { ordering };
+            let direction = |ordering: Ordering| {
+                if *descending { ordering.reverse() } else { ordering }
+            };
             if kind == SegType::ArrayFile {
                 let extract = file_sort_key(key)?;
                 items.sort_by(|a, b| direction(python_order(&extract(a), &extract(b))));
@@ -141,18 +141,27 @@ impl ListOperatorNode {
     }
 }
 
-fn segment_class(kind: SegType) -> &'static str {
-    match kind {
-        SegType::String => "StringSegment",
-        SegType::Integer => "IntegerSegment",
-        SegType::Float => "FloatSegment",
-        SegType::Boolean => "BooleanSegment",
-        SegType::Object => "ObjectSegment",
-        SegType::File => "FileSegment",
-        SegType::ArrayObject => "ArrayObjectSegment",
-        SegType::ArrayAny => "ArrayAnySegment",
-        _ => "Segment",
-    }
+/// The Python class graphon reports for a value: the pool stores top-level values as
+/// `Variable`s, while a nested selector yields a freshly built `Segment`.
+fn python_class(kind: SegType, top_level: bool) -> String {
+    let stem = match kind {
+        SegType::String => "String",
+        SegType::Secret => "Secret",
+        SegType::Integer => "Integer",
+        SegType::Float => "Float",
+        SegType::Boolean => "Boolean",
+        SegType::Object => "Object",
+        SegType::File => "File",
+        SegType::None => "None",
+        SegType::ArrayObject => "ArrayObject",
+        SegType::ArrayAny => "ArrayAny",
+        SegType::ArrayString => "ArrayString",
+        SegType::ArrayNumber => "ArrayNumber",
+        SegType::ArrayBoolean => "ArrayBoolean",
+        SegType::ArrayFile => "ArrayFile",
+        SegType::Number => "Float",
+    };
+    if top_level { format!("graphon.variables.variables.{stem}Variable") } else { format!("graphon.variables.segments.{stem}Segment") }
 }
 
 fn outputs_for(items: Vec<Value>) -> NodeResult {
@@ -202,7 +211,7 @@ fn filter_value_type(value: &FilterValue) -> &'static str {
         FilterValue::Template(_) => "<class 'str'>",
         FilterValue::Bool(_) => "<class 'bool'>",
         FilterValue::List(_) => "<class 'list'>",
-        FilterValue::Other(value) => crate::condition::python_type_name(value),
+        FilterValue::Other(value) => crate::pyfmt::python_type_name(value),
     }
 }
 
@@ -256,7 +265,9 @@ fn file_filter(key: &str, operator: Operator, value: &FilterValue, pool: &Pool) 
     let key_owned = key.to_owned();
     let text = match value {
         FilterValue::Template(template) => Some(template.render(pool, Render::Text)),
-        FilterValue::Bool(_) => return Err("File filter expects a string value, got <class 'bool'>".into()),
+        FilterValue::Bool(_) => {
+            return Err("File filter expects a string value, got <class 'bool'>".into());
+        }
         _ => None,
     };
     match (key, &text) {
@@ -266,15 +277,13 @@ fn file_filter(key: &str, operator: Operator, value: &FilterValue, pool: &Pool) 
         }
         ("type" | "transfer_method", _) => {
             // Python's `x in value`: a substring test for a string, membership for a list.
-            let haystack: Result<Box<dyn Fn(&str) -> bool>, String> = match (value, text) {
+            let haystack: Result<TextKeep, String> = match (value, text) {
                 (_, Some(text)) => Ok(Box::new(move |field: &str| text.contains(field))),
                 (FilterValue::List(list), None) => {
                     let list = list.clone();
                     Ok(Box::new(move |field: &str| list.iter().any(|option| option == field)))
                 }
-                (FilterValue::Other(other), None) => {
-                    Err(format!("argument of type '{}' is not iterable", python_short_type(other)))
-                }
+                (FilterValue::Other(other), None) => Err(format!("argument of type '{}' is not iterable", python_short_type(other))),
                 _ => Err(format!("Invalid key: {key}")),
             };
             let contains = haystack?;
@@ -325,4 +334,3 @@ fn python_order(a: &Value, b: &Value) -> Ordering {
         },
     }
 }
-

@@ -190,10 +190,7 @@ impl NodeResult {
     }
 
     pub fn failed(error: impl Into<String>, error_type: &str) -> Self {
-        Self {
-            failure: Some(Failure { error: error.into(), error_type: error_type.to_owned() }),
-            ..Self::default()
-        }
+        Self { failure: Some(Failure { error: error.into(), error_type: error_type.to_owned() }), ..Self::default() }
     }
 
     pub fn with_inputs(mut self, inputs: Map) -> Self {
@@ -275,10 +272,9 @@ pub(crate) fn execute(ctx: NodeCtx<'_>) -> Exec {
             "NotSupportedError",
         )),
         // Containers are driven by the scheduler, never executed as plain nodes.
-        NodeKind::Iteration(_) | NodeKind::Loop(_) => Exec::Done(NodeResult::failed(
-            "container nodes are scheduled by the engine",
-            "WorkflowNodeError",
-        )),
+        NodeKind::Iteration(_) | NodeKind::Loop(_) => {
+            Exec::Done(NodeResult::failed("container nodes are scheduled by the engine", "WorkflowNodeError"))
+        }
     }
 }
 
@@ -295,8 +291,5 @@ pub(crate) fn compile_bindings(
     bindings: &[flowgate_dsl::nodes::VariableBinding],
     resolver: &SelectorResolver<'_>,
 ) -> Vec<(Arc<str>, Selector)> {
-    bindings
-        .iter()
-        .map(|binding| (Arc::from(binding.variable.as_str()), resolver.selector(&binding.value_selector)))
-        .collect()
+    bindings.iter().map(|binding| (Arc::from(binding.variable.as_str()), resolver.selector(&binding.value_selector))).collect()
 }

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use flowgate_dsl::nodes::{
-    ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData,
-};
+use flowgate_dsl::nodes::{ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData};
 
 use super::jinja::JinjaTemplate;
 use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
@@ -18,7 +16,7 @@ use crate::value::{Map, SegType, Value, map_of, map_with_capacity};
 #[derive(Debug)]
 enum MessageText {
     Basic(TextTemplate),
-    Jinja(JinjaTemplate),
+    Jinja(Box<JinjaTemplate>),
 }
 
 #[derive(Debug)]
@@ -98,7 +96,7 @@ impl LlmNode {
                     role: if message.role.is_empty() { "user".into() } else { message.role.clone() },
                     uses_context: source.contains(CONTEXT_PLACEHOLDER),
                     text: if jinja {
-                        MessageText::Jinja(JinjaTemplate::compile(&source))
+                        MessageText::Jinja(Box::new(JinjaTemplate::compile(&source)))
                     } else {
                         MessageText::Basic(TextTemplate::compile(&source, resolver))
                     },
@@ -140,7 +138,9 @@ impl LlmNode {
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
-        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let Some(port) = ctx.ports.model.clone() else {
+            return Exec::Done(ctx.missing_port(Capability::Model));
+        };
         let messages = match self.messages(ctx.pool) {
             Ok(messages) => messages,
             Err(error) => return Exec::Done(NodeResult::failed(error, "TemplateRenderError")),
@@ -286,20 +286,21 @@ impl QuestionClassifierNode {
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
-        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let Some(port) = ctx.ports.model.clone() else {
+            return Exec::Done(ctx.missing_port(Capability::Model));
+        };
         let query = ctx.pool.get(&self.query).map(|value| value.to_text()).unwrap_or_default();
-        let classes: Vec<(Arc<str>, String, String)> = self
-            .classes
-            .iter()
-            .map(|class| (class.id.clone(), class.name.render(ctx.pool, Render::Text), class.label.clone()))
-            .collect();
+        let classes: Vec<(Arc<str>, String, String)> =
+            self.classes.iter().map(|class| (class.id.clone(), class.name.render(ctx.pool, Render::Text), class.label.clone())).collect();
         if classes.is_empty() {
             return Exec::Done(NodeResult::failed("the question classifier has no classes", "ValueError"));
         }
         let instruction = self.instruction.render(ctx.pool, Render::Text);
         let categories: Vec<Value> = classes
             .iter()
-            .map(|(id, name, _)| Value::object(map_of([("category_id", Value::Str(id.clone())), ("category_name", Value::from(name.clone()))])))
+            .map(|(id, name, _)| {
+                Value::object(map_of([("category_id", Value::Str(id.clone())), ("category_name", Value::from(name.clone()))]))
+            })
             .collect();
         let system = format!(
             "### Job Description\nYou are a text classification engine that analyzes text data and assigns categories based on user input or automatically determined categories.\n### Task\nYour task is to assign one category ONLY to the input text and only one category may be assigned returned in the output. Additionally, you need to extract the key words from the text that are related to the classification.\n### Format\nThe input text is in the variable input_text. Categories are specified as a category list with two filed category_id and category_name in the variable categories. Classification instructions may be included to improve the classification accuracy.\n### Constraint\nDO NOT include anything other than the JSON array in your response.\n### Categories\n{}\n### Classification instructions\n{instruction}",
@@ -307,7 +308,11 @@ impl QuestionClassifierNode {
         );
         let messages = vec![
             ChatMessage { role: "system".into(), content: system, files: Vec::new() },
-            ChatMessage { role: "user".into(), content: format!("{{\"input_text\": [{}]}}", crate::pyfmt::json_dumps(&Value::from(query.clone()), None)), files: Vec::new() },
+            ChatMessage {
+                role: "user".into(),
+                content: format!("{{\"input_text\": [{}]}}", crate::pyfmt::json_dumps(&Value::from(query.clone()), None)),
+                files: Vec::new(),
+            },
         ];
         let call = self.model.call(ctx, messages, None);
         let inputs = map_of([("query", Value::from(query))]);
@@ -315,12 +320,16 @@ impl QuestionClassifierNode {
             let discard: TextSink = Arc::new(|_: &str| {});
             let reply = match port.invoke(call, discard).await {
                 Ok(reply) => reply,
-                Err(error) => return NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs),
+                Err(error) => {
+                    return NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs);
+                }
             };
             let metadata = Arc::new(usage_metadata(&reply.usage));
             let (id, name, label) = match resolve_category(&classes, &reply.text) {
                 Ok(category) => category,
-                Err(error) => return NodeResult { metadata: Some(metadata), ..NodeResult::failed(error, "ValueError").with_inputs(inputs) },
+                Err(error) => {
+                    return NodeResult { metadata: Some(metadata), ..NodeResult::failed(error, "ValueError").with_inputs(inputs) };
+                }
             };
             let outputs = map_of([
                 ("class_name", Value::from(name)),
@@ -346,20 +355,16 @@ fn resolve_category(classes: &[(Arc<str>, String, String)], text: &str) -> Resul
     let parsed = parse_json_markdown(&cleaned)?;
     let object = match parsed {
         serde_json::Value::Object(map) => map,
-        serde_json::Value::Array(items) if items.len() == 1 && items[0].is_object() => {
-            items[0].as_object().cloned().unwrap_or_default()
+        serde_json::Value::Array(items) if items.len() == 1 && items[0].is_object() => items[0].as_object().cloned().unwrap_or_default(),
+        other => {
+            return Err(format!("got invalid return object. obj:{}", crate::pyfmt::py_str(&Value::from(&other))));
         }
-        other => return Err(format!("got invalid return object. obj:{}", crate::pyfmt::py_str(&Value::from(&other)))),
     };
     if !object.contains_key("category_name") || !object.contains_key("category_id") {
         return Ok((first_id, first_name, first_label));
     }
     let wanted = object.get("category_id").and_then(serde_json::Value::as_str).unwrap_or_default();
-    Ok(classes
-        .iter()
-        .find(|(id, _, _)| &**id == wanted)
-        .cloned()
-        .unwrap_or((first_id, first_name, first_label)))
+    Ok(classes.iter().find(|(id, _, _)| &**id == wanted).cloned().unwrap_or((first_id, first_name, first_label)))
 }
 
 fn strip_think(text: &str) -> String {
@@ -411,7 +416,7 @@ struct Parameter {
 pub struct ParameterExtractorNode {
     model: ModelSettings,
     query: Selector,
-    parameters: Vec<Parameter>,
+    parameters: Arc<[Parameter]>,
     instruction: TextTemplate,
 }
 
@@ -446,7 +451,7 @@ impl ParameterExtractorNode {
     fn schema(&self) -> serde_json::Value {
         let mut properties = serde_json::Map::new();
         let mut required = Vec::new();
-        for parameter in &self.parameters {
+        for parameter in self.parameters.iter() {
             let kind = parameter.kind.map_or("string", SegType::as_str);
             let mut schema = serde_json::json!({"description": parameter.description});
             if let Some(element) = parameter.kind.and_then(SegType::element) {
@@ -467,7 +472,9 @@ impl ParameterExtractorNode {
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
-        let Some(port) = ctx.ports.model.clone() else { return Exec::Done(ctx.missing_port(Capability::Model)) };
+        let Some(port) = ctx.ports.model.clone() else {
+            return Exec::Done(ctx.missing_port(Capability::Model));
+        };
         let query = ctx.pool.get(&self.query).map(|value| value.to_text()).unwrap_or_default();
         let instruction = self.instruction.render(ctx.pool, Render::Text);
         let schema = self.schema();
@@ -480,11 +487,7 @@ impl ParameterExtractorNode {
         ];
         let call = self.model.call(ctx, messages, Some(schema));
         let inputs = map_of([("query", Value::from(query))]);
-        let parameters: Vec<(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)> = self
-            .parameters
-            .iter()
-            .map(|parameter| (parameter.name.clone(), parameter.kind, parameter.options.clone(), parameter.required))
-            .collect();
+        let parameters = self.parameters.clone();
         Exec::Pending(Box::pin(async move {
             let discard: TextSink = Arc::new(|_: &str| {});
             let reply = match port.invoke(call, discard).await {
@@ -495,7 +498,10 @@ impl ParameterExtractorNode {
                         ("__reason", Value::str("Failed to invoke model")),
                         ("__error", Value::from(error.message.clone())),
                     ]);
-                    return NodeResult { outputs: Arc::new(outputs), ..NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs) };
+                    return NodeResult {
+                        outputs: Arc::new(outputs),
+                        ..NodeResult::failed(error.message, "LLMNodeError").with_inputs(inputs)
+                    };
                 }
             };
             let (result, mut error) = match extract_json_object(&reply.text) {
@@ -512,8 +518,8 @@ impl ParameterExtractorNode {
             outputs.insert(Arc::from("__is_success"), Value::Int(i64::from(error.is_none())));
             outputs.insert(Arc::from("__reason"), error.map_or(Value::None, Value::from));
             outputs.insert(Arc::from("__usage"), reply.usage.to_value());
-            for (name, kind, _, _) in &parameters {
-                outputs.insert(name.clone(), transform_parameter(*kind, result.get(&**name)));
+            for parameter in parameters.iter() {
+                outputs.insert(parameter.name.clone(), transform_parameter(parameter.kind, result.get(&*parameter.name)));
             }
             NodeResult {
                 metadata: Some(Arc::new(usage_metadata(&reply.usage))),
@@ -542,25 +548,25 @@ fn extract_json_object(text: &str) -> Option<Map> {
     None
 }
 
-fn default_result(parameters: &[(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)]) -> Map {
+fn default_result(parameters: &[Parameter]) -> Map {
     let mut result = Map::default();
-    for (name, kind, _, _) in parameters {
-        let value = match kind {
+    for parameter in parameters {
+        let value = match parameter.kind {
             Some(SegType::Number) => Value::Int(0),
             Some(SegType::Boolean) => Value::Bool(false),
             Some(SegType::String) => Value::str(""),
             _ => continue,
         };
-        result.insert(name.clone(), value);
+        result.insert(parameter.name.clone(), value);
     }
     result
 }
 
-fn validate_parameters(parameters: &[(Arc<str>, Option<SegType>, Option<Vec<String>>, bool)], result: &Map) -> Result<(), String> {
+fn validate_parameters(parameters: &[Parameter], result: &Map) -> Result<(), String> {
     if parameters.len() != result.len() {
         return Err("Invalid number of parameters".into());
     }
-    for (name, kind, options, required) in parameters {
+    for Parameter { name, kind, options, required, .. } in parameters {
         if *required && !result.contains_key(&**name) {
             return Err(format!("Parameter {name} is required"));
         }
@@ -569,9 +575,10 @@ fn validate_parameters(parameters: &[(Arc<str>, Option<SegType>, Option<Vec<Stri
             && !kind.accepts(&value)
         {
             return Err(format!(
-                "Invalid value for parameter {name}, expected segment type: {}, actual_type: {}, python_value: {}",
+                "Invalid value for parameter {name}, expected segment type: {}, actual_type: {}, python_type: {}, value: {}",
                 kind.as_str(),
                 value.seg_type().as_str(),
+                crate::pyfmt::python_type_name(&value),
                 crate::pyfmt::py_str(&value)
             ));
         }
@@ -597,9 +604,12 @@ fn transform_parameter(kind: Option<SegType>, value: Option<&Value>) -> Value {
     match kind {
         Some(SegType::Number) => match value {
             Value::Int(_) | Value::Float(_) => value.clone(),
-            Value::Str(text) => crate::pyfmt::parse_float(text).map_or_else(|_| default(), |float| {
-                if text.contains('.') { Value::Float(float) } else { Value::Int(float as i64) }
-            }),
+            Value::Str(text) => crate::pyfmt::parse_float(text).map_or_else(
+                |_| default(),
+                |float| {
+                    if text.contains('.') { Value::Float(float) } else { Value::Int(float as i64) }
+                },
+            ),
             _ => default(),
         },
         Some(SegType::Boolean) => match value {
@@ -614,13 +624,7 @@ fn transform_parameter(kind: Option<SegType>, value: Option<&Value>) -> Value {
         Some(array) if array.is_array() => match value {
             Value::Array(items) => {
                 let element = array.element();
-                Value::array(
-                    items
-                        .iter()
-                        .filter(|item| element.is_none_or(|element| element.accepts(item)))
-                        .cloned()
-                        .collect(),
-                )
+                Value::array(items.iter().filter(|item| element.is_none_or(|element| element.accepts(item))).cloned().collect())
             }
             _ => default(),
         },

@@ -145,11 +145,7 @@ impl AgentNode {
                 (Arc::from(name.as_str()), Input::compile(kind, &value, resolver))
             })
             .collect();
-        Self {
-            strategy_provider: data.agent_strategy_provider_name.clone(),
-            strategy: data.agent_strategy_name.clone(),
-            parameters,
-        }
+        Self { strategy_provider: data.agent_strategy_provider_name.clone(), strategy: data.agent_strategy_name.clone(), parameters }
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
@@ -197,12 +193,8 @@ impl KnowledgeNode {
         let Some(port) = ctx.ports.knowledge.clone() else {
             return Exec::Done(ctx.missing_port(Capability::Knowledge).with_inputs(inputs));
         };
-        let request = KnowledgeQuery {
-            context: ctx.port_context(),
-            query,
-            dataset_ids: self.dataset_ids.clone(),
-            settings: self.settings.clone(),
-        };
+        let request =
+            KnowledgeQuery { context: ctx.port_context(), query, dataset_ids: self.dataset_ids.clone(), settings: self.settings.clone() };
         Exec::Pending(Box::pin(async move {
             match port.retrieve(request).await {
                 Ok(result) => NodeResult::succeeded(map_of([("result", Value::array(result))])).with_inputs(inputs),

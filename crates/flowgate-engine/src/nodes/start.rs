@@ -33,8 +33,7 @@ impl StartNode {
                     return NodeResult::failed(format!("{name} is required in input form"), "ValueError").with_inputs(inputs);
                 }
                 Some(value) if value.truthy() && !matches!(value, Value::Object(_)) => {
-                    return NodeResult::failed(format!("JSON object for '{name}' must be an object"), "TypeError")
-                        .with_inputs(inputs);
+                    return NodeResult::failed(format!("JSON object for '{name}' must be an object"), "TypeError").with_inputs(inputs);
                 }
                 _ => {}
             }

@@ -27,8 +27,7 @@ impl TemplateTransformNode {
         match self.template.render(&inputs) {
             Err(error) => NodeResult::failed(error, "TemplateRenderError").with_inputs(inputs),
             Ok(rendered) if rendered.chars().count() > MAX_OUTPUT_CHARS => {
-                NodeResult::failed(format!("Output length exceeds {MAX_OUTPUT_CHARS} characters"), "WorkflowNodeError")
-                    .with_inputs(inputs)
+                NodeResult::failed(format!("Output length exceeds {MAX_OUTPUT_CHARS} characters"), "WorkflowNodeError").with_inputs(inputs)
             }
             Ok(rendered) => {
                 let mut outputs = map_with_capacity(1);
