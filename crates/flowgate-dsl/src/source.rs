@@ -14,8 +14,14 @@ use crate::error::DslError;
 /// Dify refuses DSL files above 10 MiB (`DSL_MAX_SIZE`); so do we.
 pub const MAX_DSL_BYTES: usize = 10 * 1024 * 1024;
 
-/// Deeper documents than this are not DSL exports; refusing them keeps recursion bounded.
-const MAX_DEPTH: usize = 128;
+/// Deeper documents than this are not DSL exports (real ones stay under 20 levels); refusing
+/// them keeps recursion bounded.
+const MAX_DEPTH: usize = 64;
+
+/// The YAML deserializer recurses once per nesting level with large frames (about 20 KiB each
+/// in debug builds), more than a 2 MiB async worker stack holds at the depth limit. Parsing
+/// runs on its own thread with this much stack, which also contains any parser panic.
+const PARSER_STACK_BYTES: usize = 32 * 1024 * 1024;
 
 /// The decoded document plus what is needed to point at lines of the original text.
 pub(crate) struct Decoded {
@@ -29,6 +35,19 @@ pub(crate) fn decode(text: &str) -> Result<Decoded, DslError> {
     if text.len() > MAX_DSL_BYTES {
         return Err(DslError::TooLarge { size: text.len(), limit: MAX_DSL_BYTES });
     }
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("dsl-parser".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, || decode_on_this_thread(text))
+            .map_err(|error| DslError::Yaml { message: format!("cannot start the DSL parser: {error}"), line: None, column: None })?;
+        parser
+            .join()
+            .unwrap_or_else(|_| Err(DslError::Yaml { message: "the YAML parser failed on this document".into(), line: None, column: None }))
+    })
+}
+
+fn decode_on_this_thread(text: &str) -> Result<Decoded, DslError> {
     let trimmed = text.trim_start_matches('\u{feff}');
     let value = parse_yaml(trimmed)?;
     // The console export API wraps the YAML in a JSON object with a single `data` string.
@@ -54,6 +73,8 @@ fn options() -> serde_saphyr::Options {
     // PyYAML (which writes Dify exports) reads `y`, `n` and the like as strings, and quotes
     // `yes`/`no`/`on`/`off` when they are strings; only true/false are booleans here.
     options.strict_booleans = true;
+    // PyYAML keeps the last of duplicate keys; so does Dify's importer.
+    options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::LastWins;
     options.alias_limits.max_total_replayed_events = 200_000;
     options
 }
@@ -62,15 +83,44 @@ fn parse_yaml(text: &str) -> Result<Value, DslError> {
     if text.trim().is_empty() {
         return Err(DslError::NotMapping { found: "an empty document" });
     }
-    let value: Value = serde_saphyr::from_str_with_options(text, options()).map_err(|error| {
-        let (line, column) = error
-            .location()
-            .map(|location| (u32::try_from(location.line()).ok(), u32::try_from(location.column()).ok()))
-            .unwrap_or((None, None));
-        DslError::Yaml { message: first_line(&error.to_string()), line, column }
-    })?;
+    let value: Value = serde_saphyr::from_str_with_options(text, options()).map_err(yaml_error)?;
     check_depth(&value, 0)?;
     Ok(value)
+}
+
+fn yaml_error(error: serde_saphyr::Error) -> DslError {
+    use serde_saphyr::MessageFormatter as _;
+    use serde_saphyr::budget::BudgetBreach;
+    let (line, column) = error
+        .location()
+        .map(|location| (u32::try_from(location.line()).ok(), u32::try_from(location.column()).ok()))
+        .unwrap_or((None, None));
+    let mut cause = &error;
+    while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = cause {
+        cause = error;
+    }
+    let message = match cause {
+        serde_saphyr::Error::Budget { breach: BudgetBreach::Depth { .. }, .. } => return DslError::TooDeep { limit: MAX_DEPTH },
+        serde_saphyr::Error::Budget { breach: BudgetBreach::Aliases { .. } | BudgetBreach::AliasAnchorRatio { .. }, .. }
+        | serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayCounterOverflow { .. }
+        | serde_saphyr::Error::AliasExpansionLimitExceeded { .. } => {
+            "too many alias references (`*name`): the document would expand far beyond its size".to_owned()
+        }
+        serde_saphyr::Error::Budget { breach, .. } => format!("the document exceeds an import limit ({breach:?})"),
+        other => first_line(&serde_saphyr::DefaultMessageFormatter.format_message(other)),
+    };
+    // The scanner's own bound on nested flow collections (`[[[…`) is the same fault.
+    if strip_location(&message) == "recursion limit exceeded" {
+        return DslError::TooDeep { limit: MAX_DEPTH };
+    }
+    DslError::Yaml { message: strip_location(&message).to_owned(), line, column }
+}
+
+/// Scanner messages carry their own `error: line L column C: ` prefix; ours says it once.
+fn strip_location(message: &str) -> &str {
+    let Some(rest) = message.strip_prefix("error: line ") else { return message };
+    rest.split_once(": ").map_or(message, |(_, text)| text)
 }
 
 fn first_line(message: &str) -> String {

@@ -1,19 +1,19 @@
 //! Condition evaluation for if-else branches and loop break conditions, with Dify's exact
 //! operator semantics (Python truthiness and equality, its coercions and its error messages).
 
-use std::sync::Arc;
-
 use flowgate_dsl::nodes::{Condition, ConditionValue, LogicalOperator, Operator, SubVariableCondition};
 
 use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector};
 use crate::pyfmt;
 use crate::template::{Render, TextTemplate};
-use crate::value::{Map, SegType, Value, map_of, map_with_capacity};
+use crate::value::{Map, SegType, Value, key, map_of, map_with_capacity};
 
 #[derive(Debug, Clone)]
 enum Expected {
     None,
+    /// A value without variables, rendered once at compile time.
+    Constant(Value),
     Template(TextTemplate),
     Bool(bool),
     List(Vec<Value>),
@@ -41,7 +41,13 @@ impl CompiledCondition {
     pub fn compile(condition: &Condition, resolver: &SelectorResolver<'_>) -> Self {
         let expected = match &condition.value {
             ConditionValue::None => Expected::None,
-            ConditionValue::Text(text) => Expected::Template(TextTemplate::compile(text, resolver)),
+            ConditionValue::Text(text) => {
+                let template = TextTemplate::compile(text, resolver);
+                match template.constant() {
+                    Some(text) => Expected::Constant(Value::Str(text)),
+                    None => Expected::Template(template),
+                }
+            }
             ConditionValue::Bool(flag) => Expected::Bool(*flag),
             ConditionValue::List(items) => Expected::List(items.iter().map(Value::from).collect()),
         };
@@ -117,9 +123,9 @@ pub fn process_conditions(conditions: &[CompiledCondition], operator: LogicalOpe
         } else {
             let expected = prepare_expected(&condition.expected, variable_type, pool)?;
             let mut input = map_with_capacity(3);
-            input.insert(Arc::from("actual_value"), variable.clone());
-            input.insert(Arc::from("expected_value"), expected.clone());
-            input.insert(Arc::from("comparison_operator"), Value::str(condition.operator.as_str()));
+            input.insert(key("actual_value"), variable.clone());
+            input.insert(key("expected_value"), expected.clone());
+            input.insert(key("comparison_operator"), Value::Str(key(condition.operator.as_str())));
             check.inputs.push(Value::object(input));
             evaluate(condition.operator, &variable, &expected)?
         };
@@ -139,6 +145,7 @@ pub fn process_conditions(conditions: &[CompiledCondition], operator: LogicalOpe
 fn prepare_expected(expected: &Expected, variable_type: SegType, pool: &Pool) -> Result<Value, String> {
     let normalized = match expected {
         Expected::None => return Ok(Value::None),
+        Expected::Constant(value) => value.clone(),
         Expected::Template(template) => Value::from(template.render(pool, Render::Text)),
         Expected::Bool(flag) => Value::Bool(*flag),
         Expected::List(items) => Value::array(items.clone()),
@@ -379,9 +386,9 @@ fn all_of(value: &Value, expected: &Value) -> Result<bool, String> {
 /// `process_data.condition_results` entry for one evaluated case.
 pub fn condition_result(group: Value, check: &ConditionCheck) -> Value {
     let mut map: Map = map_with_capacity(3);
-    map.insert(Arc::from("group"), group);
-    map.insert(Arc::from("results"), Value::array(check.group_results.iter().map(|result| Value::Bool(*result)).collect()));
-    map.insert(Arc::from("final_result"), Value::Bool(check.final_result));
+    map.insert(key("group"), group);
+    map.insert(key("results"), Value::array(check.group_results.iter().map(|result| Value::Bool(*result)).collect()));
+    map.insert(key("final_result"), Value::Bool(check.final_result));
     Value::object(map)
 }
 

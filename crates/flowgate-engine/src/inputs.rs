@@ -10,7 +10,7 @@ use flowgate_dsl::nodes::{InputType, InputVariable};
 use crate::plan::Plan;
 use crate::pool::{Pool, Slot};
 use crate::run::{RunContext, RunStart};
-use crate::value::{File, Map, Value, map_with_capacity};
+use crate::value::{File, Map, Value, key, map_with_capacity};
 
 /// An input the start form rejects; the message is Dify's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,12 +22,13 @@ pub struct InputError {
 }
 
 /// Turns a file input mapping (`{"transfer_method": ..., ...}`) into a file.
-pub type FileResolver<'a> = &'a dyn Fn(&serde_json::Value) -> Result<File, String>;
+pub type FileResolver<'a> = &'a dyn Fn(&Map) -> Result<File, String>;
 
 /// Everything a run is started with.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
-    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// The request's `inputs`, as parsed from its JSON (see [`Value`]'s `Deserialize`).
+    pub inputs: Map,
     /// The user's message (chat apps).
     pub query: Option<String>,
     /// `sys.files`.
@@ -48,14 +49,11 @@ pub struct RunRequest {
 }
 
 /// Validates and coerces inputs against the start form, as Dify's `_prepare_user_inputs`.
-pub fn prepare_inputs(
-    variables: &[InputVariable],
-    inputs: &serde_json::Map<String, serde_json::Value>,
-    resolve_file: Option<FileResolver<'_>>,
-) -> Result<Map, InputError> {
+/// Values are shared with `inputs`, never copied: a large text input costs nothing per node.
+pub fn prepare_inputs(variables: &[InputVariable], inputs: &Map, resolve_file: Option<FileResolver<'_>>) -> Result<Map, InputError> {
     let mut prepared = map_with_capacity(variables.len());
     for variable in variables {
-        let value = validate_input(variable, inputs.get(&variable.variable), resolve_file)?;
+        let value = validate_input(variable, inputs.get(variable.variable.as_str()), resolve_file)?;
         prepared.insert(Arc::from(variable.variable.as_str()), value);
     }
     Ok(prepared)
@@ -65,20 +63,16 @@ fn error(variable: &InputVariable, message: String) -> InputError {
     InputError { variable: variable.variable.clone(), message }
 }
 
-fn validate_input(
-    variable: &InputVariable,
-    value: Option<&serde_json::Value>,
-    resolve_file: Option<FileResolver<'_>>,
-) -> Result<Value, InputError> {
+fn validate_input(variable: &InputVariable, value: Option<&Value>, resolve_file: Option<FileResolver<'_>>) -> Result<Value, InputError> {
     let name = &variable.variable;
-    let mut value = match value {
-        None | Some(serde_json::Value::Null) => {
+    let value = match value {
+        None | Some(Value::None) => {
             if variable.required {
                 return Err(error(variable, format!("{name} is required in input form")));
             }
             match &variable.default {
                 serde_json::Value::Null => return Ok(Value::None),
-                default => default.clone(),
+                default => Value::from(default),
             }
         }
         Some(value) => value.clone(),
@@ -87,15 +81,15 @@ fn validate_input(
     if matches!(kind, InputType::File | InputType::FileList) && !variable.required && value.as_str() == Some("") {
         return Ok(Value::None);
     }
-    if matches!(kind, InputType::TextInput | InputType::Select | InputType::Paragraph) && !value.is_string() {
+    if matches!(kind, InputType::TextInput | InputType::Select | InputType::Paragraph) && !matches!(value, Value::Str(_)) {
         return Err(error(variable, format!("(type '{}') {name} in input form must be a string", kind.as_str())));
     }
-    match kind {
+    let value = match kind {
         InputType::Number => {
             return match &value {
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(Value::from(&value)),
-                serde_json::Value::String(text) if text.trim().is_empty() => Ok(Value::None),
-                serde_json::Value::String(text) => {
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => Ok(value),
+                Value::Str(text) if text.trim().is_empty() => Ok(Value::None),
+                Value::Str(text) => {
                     let parsed = if text.contains('.') {
                         crate::pyfmt::parse_float(text).map(Value::Float)
                     } else {
@@ -107,8 +101,8 @@ fn validate_input(
                     variable,
                     format!(
                         "expected value type int, float or str, got {}, value: {}",
-                        crate::pyfmt::python_type_name(&Value::from(other)),
-                        crate::pyfmt::py_str(&Value::from(other))
+                        crate::pyfmt::python_type_name(other),
+                        crate::pyfmt::py_str(other)
                     ),
                 )),
             };
@@ -124,23 +118,24 @@ fn validate_input(
                     ),
                 ));
             }
+            value
         }
         InputType::TextInput | InputType::Paragraph => {
-            let length = value.as_str().map_or(0, |text| text.chars().count());
             if let Some(max) = variable.max_length.filter(|max| *max > 0)
-                && length as i64 > max
+                && value.as_str().map_or(0, |text| text.chars().count()) as i64 > max
             {
                 return Err(error(variable, format!("{name} in input form must be less than {max} characters")));
             }
+            value
         }
         InputType::File => {
-            if !value.is_object() {
+            let Value::Object(mapping) = &value else {
                 return Err(error(variable, format!("{name} in input form must be a file")));
-            }
-            return resolve(variable, &value, resolve_file).map(|file| Value::File(Arc::new(file)));
+            };
+            return resolve(variable, mapping, resolve_file).map(|file| Value::File(Arc::new(file)));
         }
         InputType::FileList => {
-            let Some(items) = value.as_array().filter(|items| items.iter().all(serde_json::Value::is_object)) else {
+            let Some(items) = value.as_array().filter(|items| items.iter().all(|item| matches!(item, Value::Object(_)))) else {
                 return Err(error(variable, format!("{name} in input form must be a list of files")));
             };
             if let Some(max) = variable.max_length.filter(|max| *max > 0)
@@ -150,53 +145,57 @@ fn validate_input(
             }
             let files = items
                 .iter()
-                .map(|item| resolve(variable, item, resolve_file).map(|file| Value::File(Arc::new(file))))
+                .filter_map(|item| if let Value::Object(mapping) = item { Some(mapping) } else { None })
+                .map(|mapping| resolve(variable, mapping, resolve_file).map(|file| Value::File(Arc::new(file))))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Value::array(files));
         }
-        InputType::Checkbox => {
-            value = match &value {
-                serde_json::Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => serde_json::Value::Bool(true),
-                    "false" | "0" | "no" | "off" => serde_json::Value::Bool(false),
-                    _ => value,
-                },
-                serde_json::Value::Number(number) if number.as_f64() == Some(1.0) => serde_json::Value::Bool(true),
-                serde_json::Value::Number(number) if number.as_f64() == Some(0.0) => serde_json::Value::Bool(false),
+        InputType::Checkbox => match &value {
+            Value::Str(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Value::Bool(true),
+                "false" | "0" | "no" | "off" => Value::Bool(false),
                 _ => value,
-            };
-        }
+            },
+            Value::Int(1) => Value::Bool(true),
+            Value::Int(0) => Value::Bool(false),
+            Value::Float(number) if *number == 1.0 => Value::Bool(true),
+            Value::Float(number) if *number == 0.0 => Value::Bool(false),
+            _ => value,
+        },
         InputType::JsonObject => {
             let empty = match &value {
-                serde_json::Value::Object(map) => map.is_empty(),
-                serde_json::Value::String(text) => text.is_empty(),
-                serde_json::Value::Array(items) => items.is_empty(),
-                serde_json::Value::Bool(flag) => !flag,
-                serde_json::Value::Number(number) => number.as_f64() == Some(0.0),
-                serde_json::Value::Null => true,
+                Value::Object(map) => map.is_empty(),
+                Value::Str(text) => text.is_empty(),
+                Value::Array(items) => items.is_empty(),
+                Value::Bool(flag) => !flag,
+                Value::Int(number) => *number == 0,
+                Value::Float(number) => *number == 0.0,
+                Value::None => true,
+                Value::File(_) => false,
             };
-            if !empty && !value.is_object() {
+            if !empty && !matches!(value, Value::Object(_)) {
                 return Err(error(variable, format!("{name} in input form must be a dict")));
             }
+            value
         }
-        InputType::ExternalDataTool => {}
-    }
+        InputType::ExternalDataTool => value,
+    };
     // Dify drops NUL characters from text inputs.
-    if let serde_json::Value::String(text) = &value
+    if let Value::Str(text) = &value
         && text.contains('\0')
     {
         return Ok(Value::from(text.replace('\0', "")));
     }
-    if matches!(value, serde_json::Value::Array(_) | serde_json::Value::Object(_)) && !matches!(kind, InputType::JsonObject) {
+    if matches!(value, Value::Array(_) | Value::Object(_)) && !matches!(kind, InputType::JsonObject) {
         return Err(error(
             variable,
             format!("Invalid input type for {}", crate::value::python_list_of_strings(std::slice::from_ref(name))),
         ));
     }
-    Ok(Value::from(&value))
+    Ok(value)
 }
 
-fn resolve(variable: &InputVariable, mapping: &serde_json::Value, resolve_file: Option<FileResolver<'_>>) -> Result<File, InputError> {
+fn resolve(variable: &InputVariable, mapping: &Map, resolve_file: Option<FileResolver<'_>>) -> Result<File, InputError> {
     match resolve_file {
         Some(resolve) => resolve(mapping).map_err(|message| error(variable, message)),
         None => default_file_resolver(mapping).map_err(|message| error(variable, message)),
@@ -204,8 +203,8 @@ fn resolve(variable: &InputVariable, mapping: &serde_json::Value, resolve_file: 
 }
 
 /// Resolves remote-URL files without any storage (what the CLI can do on its own).
-pub fn default_file_resolver(mapping: &serde_json::Value) -> Result<File, String> {
-    let text = |key: &str| mapping.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+pub fn default_file_resolver(mapping: &Map) -> Result<File, String> {
+    let text = |key: &str| mapping.get(key).and_then(Value::as_str).map(str::to_owned);
     let transfer_method = text("transfer_method").ok_or("file input needs a transfer_method")?;
     match transfer_method.as_str() {
         "remote_url" => {
@@ -246,6 +245,10 @@ pub fn file_kind(extension: Option<&str>) -> &'static str {
     }
 }
 
+/// The `sys.*` variables a run may carry (see [`build_start`]).
+pub const SYSTEM_VARIABLES: [&str; 9] =
+    ["files", "user_id", "app_id", "workflow_id", "workflow_run_id", "timestamp", "query", "conversation_id", "dialogue_count"];
+
 /// Seeds a run's pool and builds `workflow_started.inputs`.
 pub fn build_start(plan: &Plan, inputs: Map, request: &RunRequest) -> RunStart {
     let run_id: Arc<str> = Arc::from(request.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
@@ -260,7 +263,7 @@ pub fn build_start(plan: &Plan, inputs: Map, request: &RunRequest) -> RunStart {
     let timestamp = request.timestamp.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
     });
-    let mut system: Vec<(&str, Value)> = vec![
+    let mut system: Vec<(&'static str, Value)> = vec![
         ("files", files.clone()),
         ("user_id", Value::str(request.user_id.as_str())),
         ("app_id", Value::str(request.app_id.as_str())),
@@ -277,14 +280,15 @@ pub fn build_start(plan: &Plan, inputs: Map, request: &RunRequest) -> RunStart {
     if plan.mode == AppMode::AdvancedChat || request.dialogue_count.is_some() {
         system.push(("dialogue_count", Value::Int(request.dialogue_count.unwrap_or(1))));
     }
-    let mut started_inputs = inputs.clone();
-    for (name, value) in &system {
-        pool.set(Slot::Sys, Arc::from(*name), value.clone());
-        if *name != "conversation_id" {
-            started_inputs.insert(Arc::from(format!("sys.{name}")), value.clone());
+    let mut started_inputs = map_with_capacity(inputs.len() + system.len());
+    started_inputs.extend(inputs.iter().map(|(name, value)| (name.clone(), value.clone())));
+    for (name, value) in system {
+        if name != "conversation_id" {
+            started_inputs.insert(plan.namespaced_keys.of(Slot::Sys, name), value.clone());
         }
+        pool.set(Slot::Sys, key(name), value);
     }
-    pool.set(Slot::UserInput, Arc::from("files"), files);
+    pool.set(Slot::UserInput, key("files"), files);
     for variable in &plan.environment {
         pool.set(Slot::Env, variable.name.clone(), variable.value.clone());
         if let Some(value_type) = variable.value_type {

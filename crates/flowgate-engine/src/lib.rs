@@ -6,6 +6,7 @@
 
 pub mod condition;
 pub mod event;
+mod ids;
 pub mod inputs;
 pub mod mock;
 pub mod nodes;

@@ -20,7 +20,7 @@ use crate::ports::{
     AgentCall, AgentPort, CodeCall, CodePort, KnowledgePort, KnowledgeQuery, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind,
     Ports, TextSink, ToolCall, ToolOutput, ToolPort, Usage,
 };
-use crate::value::{Map, Value};
+use crate::value::{Map, Value, key};
 
 #[derive(Debug, Clone, Default)]
 pub struct MockPorts {
@@ -149,7 +149,7 @@ impl ModelPort for MockPorts {
 fn tool_output(mocks: &MockPorts, node_id: &str, default_text: String, stream: &TextSink) -> ToolOutput {
     let mut outputs = mocks.outputs(node_id).unwrap_or_else(|| {
         let mut map = Map::default();
-        map.insert(Arc::from("text"), Value::from(default_text));
+        map.insert(key("text"), Value::from(default_text));
         map
     });
     let text = match outputs.shift_remove("text") {

@@ -11,7 +11,7 @@ use flowgate_dsl::nodes::NodeData;
 use flowgate_dsl::{AppMode, Diagnostic, Document, ErrorStrategy};
 
 use crate::nodes::{self, NodeKind};
-use crate::pool::{Selector, Slot};
+use crate::pool::{NamespacedKeys, Selector, Slot};
 use crate::stream::ResponsePlan;
 use crate::value::{Map, SegType, Value};
 
@@ -94,6 +94,8 @@ pub struct Plan {
     pub features: serde_json::Value,
     /// The start node's input form, for validating run inputs.
     pub start_variables: Vec<flowgate_dsl::nodes::InputVariable>,
+    /// Keys of the start node's `namespace.name` outputs.
+    pub namespaced_keys: NamespacedKeys,
 }
 
 impl Plan {
@@ -191,6 +193,16 @@ impl Plan {
                 })
                 .collect()
         };
+        let environment = declared(&workflow.environment_variables);
+        let conversation = declared(&workflow.conversation_variables);
+        let namespaced_keys = NamespacedKeys::new(
+            crate::inputs::SYSTEM_VARIABLES
+                .iter()
+                .map(|name| (Slot::Sys, *name))
+                .chain(environment.iter().map(|variable| (Slot::Env, &*variable.name)))
+                .chain(conversation.iter().map(|variable| (Slot::Conversation, &*variable.name)))
+                .chain([(Slot::UserInput, "files")]),
+        );
         let mut plan = Self {
             name: document.app.name.clone(),
             mode: document.app.mode,
@@ -199,11 +211,12 @@ impl Plan {
             root,
             node_ids,
             ids,
-            environment: declared(&workflow.environment_variables),
-            conversation: declared(&workflow.conversation_variables),
+            environment,
+            conversation,
             response: ResponsePlan::default(),
             features: workflow.features.clone(),
             start_variables,
+            namespaced_keys,
         };
         plan.response = ResponsePlan::build(&plan);
         Ok(plan)

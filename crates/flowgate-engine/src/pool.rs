@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::value::{Map, SegType, Value};
+use crate::value::{Map, SegType, Value, map_with_capacity};
 
 /// Where a selector's first segment points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +33,18 @@ impl Slot {
             "rag" => Self::Rag,
             "userinput" => Self::UserInput,
             _ => return None,
+        })
+    }
+
+    /// The position of a namespace slot among the namespaces.
+    fn namespace_offset(self) -> Option<usize> {
+        Some(match self {
+            Self::Sys => 0,
+            Self::Env => 1,
+            Self::Conversation => 2,
+            Self::Rag => 3,
+            Self::UserInput => 4,
+            Self::Node(_) | Self::Missing => return None,
         })
     }
 }
@@ -88,16 +100,10 @@ impl Pool {
     }
 
     fn index(&self, slot: Slot) -> Option<usize> {
-        let base = self.node_count as usize;
-        Some(match slot {
-            Slot::Node(index) => index as usize,
-            Slot::Sys => base,
-            Slot::Env => base + 1,
-            Slot::Conversation => base + 2,
-            Slot::Rag => base + 3,
-            Slot::UserInput => base + 4,
-            Slot::Missing => return None,
-        })
+        match slot {
+            Slot::Node(index) => Some(index as usize),
+            namespace => namespace.namespace_offset().map(|offset| self.node_count as usize + offset),
+        }
     }
 
     pub fn slot(&self, slot: Slot) -> Option<&Arc<Map>> {
@@ -179,19 +185,17 @@ impl Pool {
     }
 
     /// Dify's `flatten`: every variable as `node.name`, with one node's names unprefixed.
-    pub fn flatten(&self, unprefixed: Slot, node_ids: &[Arc<str>]) -> Map {
-        let mut out = Map::default();
-        let namespace_names = ["sys", "env", "conversation", "rag", "userinput"];
+    pub fn flatten(&self, unprefixed: Slot, node_ids: &[Arc<str>], keys: &NamespacedKeys) -> Map {
+        let mut out = map_with_capacity(self.slots.iter().flatten().map(|map| map.len()).sum());
         let base = self.node_count as usize;
         // Dify's pool keeps insertion order (system variables first, then env, conversation,
         // then inputs); that is the order of the namespaces followed by nodes here.
-        for (offset, prefix) in namespace_names.iter().enumerate() {
-            let slot_index = base + offset;
-            let Some(map) = &self.slots[slot_index] else {
+        for offset in 0..NAMESPACES {
+            let Some(map) = &self.slots[base + offset] else {
                 continue;
             };
             for (name, value) in map.iter() {
-                out.insert(Arc::from(format!("{prefix}.{name}")), value.clone());
+                out.insert(keys.key(offset, name), value.clone());
             }
         }
         for (index, map) in self.slots[..base].iter().enumerate() {
@@ -207,5 +211,43 @@ impl Pool {
             }
         }
         out
+    }
+}
+
+/// The namespace prefixes of [`Pool::flatten`], in slot order.
+const NAMESPACE_PREFIXES: [&str; NAMESPACES] = ["sys", "env", "conversation", "rag", "userinput"];
+
+/// `namespace.name` keys made once per plan, so flattening the pool at every run's start
+/// does not format and allocate them again. Names not known in advance are formatted.
+#[derive(Debug, Default)]
+pub struct NamespacedKeys {
+    keys: [HashMap<Arc<str>, Arc<str>>; NAMESPACES],
+}
+
+impl NamespacedKeys {
+    /// Keys for the given `(namespace slot, name)` pairs.
+    pub fn new<'a>(names: impl IntoIterator<Item = (Slot, &'a str)>) -> Self {
+        let mut keys: [HashMap<Arc<str>, Arc<str>>; NAMESPACES] = Default::default();
+        for (slot, name) in names {
+            if let Some(offset) = slot.namespace_offset() {
+                keys[offset].insert(Arc::from(name), Arc::from(format!("{}.{name}", NAMESPACE_PREFIXES[offset])));
+            }
+        }
+        Self { keys }
+    }
+
+    /// `namespace.name` for a variable of a namespace slot.
+    pub fn of(&self, slot: Slot, name: &str) -> Arc<str> {
+        match slot.namespace_offset() {
+            Some(offset) => self.key(offset, name),
+            None => Arc::from(name),
+        }
+    }
+
+    fn key(&self, offset: usize, name: &str) -> Arc<str> {
+        match self.keys[offset].get(name) {
+            Some(key) => key.clone(),
+            None => Arc::from(format!("{}.{name}", NAMESPACE_PREFIXES[offset])),
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::plan::{ExecType, Plan};
 use crate::pool::{Pool, Slot};
 use crate::ports::{Ports, Usage};
 use crate::stream::{Emitted, ResponseFilter, View};
-use crate::value::{Map, Value, map_of, map_with_capacity};
+use crate::value::{Map, Value, key, map_of, map_with_capacity};
 
 /// Dify's `WORKFLOW_MAX_EXECUTION_STEPS` and `WORKFLOW_MAX_EXECUTION_TIME`.
 #[derive(Debug, Clone, Copy)]
@@ -159,16 +159,12 @@ pub(crate) async fn execute(
         exceptions: 0,
         usage: Usage::default(),
         started: Instant::now(),
-        created_at: unix_now(),
+        started_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
         outcome: None,
         answer: String::new(),
         emitted: Vec::new(),
     };
     runner.run(start, control).await
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 enum FrameKind {
@@ -281,7 +277,8 @@ struct Runner<'a> {
     exceptions: u32,
     usage: Usage,
     started: Instant,
-    created_at: i64,
+    /// Wall-clock time at `started`; event timestamps derive from it, one clock read each.
+    started_unix: Duration,
     outcome: Option<Outcome>,
     answer: String,
     emitted: Vec<Emitted>,
@@ -295,7 +292,7 @@ impl Runner<'_> {
             run_id: self.context.run_id.clone(),
             workflow_id: self.context.workflow_id.clone(),
             inputs: start.started_inputs.clone(),
-            created_at: self.created_at,
+            created_at: self.unix_at(self.started),
         });
         let root = self.new_frame(FrameKind::Root, None, start.pool, Scope::default());
         debug_assert_eq!(root, ROOT);
@@ -369,8 +366,8 @@ impl Runner<'_> {
             total_tokens: self.usage.total_tokens,
             total_steps,
             exceptions_count: self.exceptions,
-            created_at: self.created_at,
-            finished_at: unix_now(),
+            created_at: self.unix_at(self.started),
+            finished_at: self.unix_at(Instant::now()),
             answer: std::mem::take(&mut self.answer),
             conversation_variables: Arc::new(conversation_variables),
         };
@@ -464,34 +461,42 @@ impl Runner<'_> {
         self.flush_text();
     }
 
-    fn node_info(&mut self, frame: usize, node: u32) -> NodeInfo {
+    fn node_info(&mut self, frame: usize, node: u32, now: Instant) -> NodeInfo {
         self.next_index += 1;
         let plan_node = self.plan.node(node);
         let scope = self.frame(frame).map(|state| state.scope.clone()).unwrap_or_default();
         NodeInfo {
-            execution_id: Arc::from(uuid::Uuid::new_v4().to_string()),
+            execution_id: crate::ids::execution_id(),
             node_id: plan_node.id.clone(),
             node_type: plan_node.node_type.clone(),
             title: plan_node.title.clone(),
             index: self.next_index,
             scope,
-            created_at: unix_now(),
+            created_at: self.unix_at(now),
         }
     }
 
     /// Records a node start (counted as a step) and emits `NodeStarted`.
     fn begin_execution(&mut self, frame: usize, node: u32) -> NodeInfo {
-        let info = self.node_info(frame, node);
+        let now = Instant::now();
+        let info = self.node_info(frame, node, now);
         self.steps += 1;
         if let Some(state) = self.frame(frame) {
             state.steps += 1;
-            state.executions[node as usize] = Some(Execution { info: info.clone(), started: Instant::now(), retries: 0 });
+            state.executions[node as usize] = Some(Execution { info: info.clone(), started: now, retries: 0 });
         }
         self.sink.emit(RunEvent::NodeStarted(info.clone()));
         info
     }
 
+    /// Unix seconds at `instant`, from the run's one wall-clock reading.
+    fn unix_at(&self, instant: Instant) -> i64 {
+        (self.started_unix + instant.saturating_duration_since(self.started)).as_secs() as i64
+    }
+
     fn finished_event(&mut self, frame: usize, node: u32, status: NodeStatus, result: &NodeResult) -> Option<Box<NodeFinished>> {
+        let now = Instant::now();
+        let finished_at = self.unix_at(now);
         let state = self.frame(frame)?;
         let execution = if status == NodeStatus::Retry {
             let execution = state.executions[node as usize].as_ref()?;
@@ -501,12 +506,12 @@ impl Runner<'_> {
         };
         let mut metadata = result.metadata.as_deref().cloned().unwrap_or_default();
         if let Some((id, index)) = &execution.info.scope.iteration {
-            metadata.insert(Arc::from("iteration_id"), Value::Str(id.clone()));
-            metadata.insert(Arc::from("iteration_index"), Value::Int(*index as i64));
+            metadata.insert(key("iteration_id"), Value::Str(id.clone()));
+            metadata.insert(key("iteration_index"), Value::Int(*index as i64));
         }
         if let Some((id, index)) = &execution.info.scope.loop_round {
-            metadata.insert(Arc::from("loop_id"), Value::Str(id.clone()));
-            metadata.insert(Arc::from("loop_index"), Value::Int(*index as i64));
+            metadata.insert(key("loop_id"), Value::Str(id.clone()));
+            metadata.insert(key("loop_index"), Value::Int(*index as i64));
         }
         if status == NodeStatus::Exception
             && let Some(strategy) = self.plan.node(node).error_strategy
@@ -515,7 +520,7 @@ impl Runner<'_> {
                 ErrorStrategy::FailBranch => "fail-branch",
                 ErrorStrategy::DefaultValue => "default-value",
             };
-            metadata.insert(Arc::from("error_strategy"), Value::str(name));
+            metadata.insert(key("error_strategy"), Value::str(name));
         }
         Some(Box::new(NodeFinished {
             info: execution.info,
@@ -525,9 +530,9 @@ impl Runner<'_> {
             outputs: Some(result.outputs.clone()),
             error: result.failure.as_ref().map(|failure| failure.error.clone()),
             error_type: result.failure.as_ref().map(|failure| failure.error_type.clone()),
-            elapsed: execution.started.elapsed().as_secs_f64(),
+            elapsed: now.duration_since(execution.started).as_secs_f64(),
             metadata: (!metadata.is_empty()).then(|| Arc::new(metadata)),
-            finished_at: unix_now(),
+            finished_at,
             retry_index: (status == NodeStatus::Retry).then_some(execution.retries),
         }))
     }
@@ -637,14 +642,14 @@ impl Runner<'_> {
             return;
         }
         let error_fields = |mut outputs: Map| {
-            outputs.insert(Arc::from("error_message"), Value::from(failure.error.clone()));
-            outputs.insert(Arc::from("error_type"), Value::from(failure.error_type.clone()));
+            outputs.insert(key("error_message"), Value::from(failure.error.clone()));
+            outputs.insert(key("error_type"), Value::from(failure.error_type.clone()));
             outputs
         };
         match plan_node.error_strategy {
             Some(ErrorStrategy::FailBranch) => {
                 result.outputs = Arc::new(error_fields(map_with_capacity(2)));
-                result.handle = Some(Arc::from("fail-branch"));
+                result.handle = Some(key("fail-branch"));
                 self.complete(frame, node, result, NodeStatus::Exception, true);
             }
             Some(ErrorStrategy::DefaultValue) => {
@@ -686,7 +691,7 @@ impl Runner<'_> {
             state.pool.store_outputs(Slot::Node(node), &result.outputs);
         }
         let branch = follow_branch && plan_node.exec == ExecType::Branch;
-        let handle = result.handle.clone().unwrap_or_else(|| Arc::from("source"));
+        let handle = result.handle.clone().unwrap_or_else(|| key("source"));
         let (ready, taken) = advance(&plan, state, node, branch.then_some(&*handle));
         if plan_node.exec == ExecType::Response {
             merge_response_outputs(&mut state.outputs, &result.outputs);
@@ -922,8 +927,8 @@ impl Runner<'_> {
                 return;
             };
             let mut pool = parent_state.pool.clone();
-            pool.set(Slot::Node(node), Arc::from("index"), Value::Int(index as i64));
-            pool.set(Slot::Node(node), Arc::from("item"), item);
+            pool.set(Slot::Node(node), key("index"), Value::Int(index as i64));
+            pool.set(Slot::Node(node), key("item"), item);
             let child = self.new_frame(FrameKind::IterationItem { invocation, index }, Some(parent), pool, scope);
             self.enqueue(child, start);
         }
@@ -1180,7 +1185,7 @@ impl Runner<'_> {
         for (key, value) in values {
             run.outputs.insert(key, value);
         }
-        run.outputs.insert(Arc::from("loop_round"), Value::Int(index as i64 + 1));
+        run.outputs.insert(key("loop_round"), Value::Int(index as i64 + 1));
         let completed = run.completed;
         if frame.errors.is_empty()
             && let Some(parent_state) = self.frame(parent)

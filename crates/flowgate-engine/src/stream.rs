@@ -7,7 +7,7 @@
 //! id order: text immediately, variables from buffered token streams or, when the source never
 //! streamed, its final value once it exists. Segments of skipped nodes are skipped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::nodes::NodeKind;
@@ -34,9 +34,18 @@ struct ResponseNode {
     /// `[node_id, "answer"]`, the selector text segments are reported under.
     text_selector: Arc<[String]>,
     initially_active: bool,
-    /// Edges on some path from the start to this node.
-    relevant: Vec<u32>,
-    blocking: HashSet<u32>,
+    /// Per edge: whether it lies on some path from the start to this node, and blocks it.
+    edges: Vec<PathEdge>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathEdge {
+    /// On no path from the start to the response node.
+    Off,
+    /// Usable as soon as the graph reaches it.
+    Open,
+    /// Usable once taken.
+    Blocking,
 }
 
 /// Precomputed streaming structure of a plan (top-level graph only, as in Dify).
@@ -48,7 +57,7 @@ pub struct ResponsePlan {
     streams: Vec<Arc<[String]>>,
     stream_index: HashMap<Arc<[String]>, usize>,
     /// For each edge, the response nodes whose activation it can change.
-    watchers: HashMap<u32, Vec<usize>>,
+    watchers: Vec<Vec<usize>>,
     root: u32,
 }
 
@@ -74,7 +83,7 @@ impl ResponsePlan {
         };
 
         let mut nodes = Vec::with_capacity(response_ids.len());
-        let mut watchers: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut watchers: Vec<Vec<usize>> = vec![Vec::new(); plan.edges.len()];
         for &response in &response_ids {
             let node = plan.node(response);
             let raw_segments = template_segments(plan, response);
@@ -96,27 +105,25 @@ impl ResponsePlan {
                     Segment::Text(_) => None,
                 })
                 .collect();
-            let relevant = edges_towards(plan, plan.root, response);
-            let blocking: HashSet<u32> = relevant
-                .iter()
-                .copied()
-                .filter(|&edge| {
-                    let source = plan.node(plan.edges[edge as usize].source);
-                    matches!(source.exec, ExecType::Branch | ExecType::Container | ExecType::Response)
-                        || source.kind.blocks_variables(&printed)
-                })
-                .collect();
+            let mut edges = vec![PathEdge::Off; plan.edges.len()];
+            for edge in edges_towards(plan, plan.root, response) {
+                let source = plan.node(plan.edges[edge as usize].source);
+                let blocking = matches!(source.exec, ExecType::Branch | ExecType::Container | ExecType::Response)
+                    || source.kind.blocks_variables(&printed);
+                edges[edge as usize] = if blocking { PathEdge::Blocking } else { PathEdge::Open };
+            }
             let position = nodes.len();
-            for edge in &blocking {
-                watchers.entry(*edge).or_default().push(position);
+            for (edge, kind) in edges.iter().enumerate() {
+                if *kind == PathEdge::Blocking {
+                    watchers[edge].push(position);
+                }
             }
             let mut response_node = ResponseNode {
                 node: response,
                 segments,
                 text_selector: Arc::from(vec![node.id.to_string(), "answer".to_owned()]),
                 initially_active: false,
-                relevant,
-                blocking,
+                edges,
             };
             response_node.initially_active = reaches(plan, plan.root, response, &response_node, &[]);
             nodes.push(response_node);
@@ -202,21 +209,21 @@ fn reaches(plan: &Plan, from: u32, to: u32, response: &ResponseNode, edge_states
     if from == to {
         return true;
     }
-    let relevant: HashSet<u32> = response.relevant.iter().copied().collect();
-    let mut seen = HashSet::new();
+    let mut seen = vec![false; plan.nodes.len()];
     let mut stack = vec![from];
     while let Some(node) = stack.pop() {
         if node == to {
             return true;
         }
-        if !seen.insert(node) {
+        if std::mem::replace(&mut seen[node as usize], true) {
             continue;
         }
         for &edge in &plan.node(node).outgoing {
-            if !relevant.contains(&edge) {
-                continue;
-            }
-            let usable = !response.blocking.contains(&edge) || edge_states.get(edge as usize) == Some(&EdgeState::Taken);
+            let usable = match response.edges[edge as usize] {
+                PathEdge::Off => false,
+                PathEdge::Open => true,
+                PathEdge::Blocking => edge_states.get(edge as usize) == Some(&EdgeState::Taken),
+            };
             if usable {
                 stack.push(plan.edges[edge as usize].target);
             }
@@ -274,7 +281,7 @@ impl ResponseFilter {
 
     pub fn edge_taken(&mut self, edge: u32, view: &View<'_>, out: &mut Vec<Emitted>) {
         let response = &view.plan.response;
-        let Some(watchers) = response.watchers.get(&edge) else {
+        let Some(watchers) = response.watchers.get(edge as usize) else {
             return;
         };
         for &position in watchers {

@@ -62,6 +62,15 @@ impl TextTemplate {
         self.parts.is_empty()
     }
 
+    /// The rendered text when it does not depend on any variable.
+    pub fn constant(&self) -> Option<Arc<str>> {
+        match self.parts.as_slice() {
+            [] => Some(Arc::from("")),
+            [Part::Text(text)] => Some(text.clone()),
+            _ => None,
+        }
+    }
+
     pub fn render(&self, pool: &Pool, mode: Render) -> String {
         let mut out = String::new();
         for part in &self.parts {

@@ -3,6 +3,7 @@
 //! Values are shared, not copied: strings, lists, objects and files sit behind `Arc`, so a large
 //! table passed through many nodes exists once in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -448,14 +449,105 @@ impl From<&serde_json::Value> for Value {
             serde_json::Value::Number(number) => number_value(number),
             serde_json::Value::String(text) => Self::str(text.as_str()),
             serde_json::Value::Array(items) => Self::array(items.iter().map(Value::from).collect()),
-            serde_json::Value::Object(map) => {
-                let mut out = map_with_capacity(map.len());
-                for (key, item) in map {
-                    out.insert(Arc::from(key.as_str()), Value::from(item));
-                }
-                Self::object(out)
-            }
+            serde_json::Value::Object(map) => Self::object(map_from_json(map)),
         }
+    }
+}
+
+pub fn map_from_json(map: &serde_json::Map<String, serde_json::Value>) -> Map {
+    let mut out = map_with_capacity(map.len());
+    for (key, item) in map {
+        out.insert(Arc::from(key.as_str()), Value::from(item));
+    }
+    out
+}
+
+/// Reads JSON (or any self-describing format) straight into engine values, so a request body
+/// is copied once, into the values a run shares, instead of going through `serde_json::Value`.
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, flag: bool) -> Result<Value, E> {
+        Ok(Value::Bool(flag))
+    }
+
+    fn visit_i64<E>(self, int: i64) -> Result<Value, E> {
+        Ok(Value::Int(int))
+    }
+
+    fn visit_u64<E>(self, int: u64) -> Result<Value, E> {
+        Ok(i64::try_from(int).map_or(Value::Float(int as f64), Value::Int))
+    }
+
+    fn visit_f64<E>(self, float: f64) -> Result<Value, E> {
+        Ok(Value::Float(float))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Value, E> {
+        Ok(Value::str(text))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::None)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(deserializer)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = map_with_capacity(access.size_hint().unwrap_or(0).min(4096));
+        while let Some(key) = access.next_key_seed(KeyVisitor)? {
+            map.insert(key, access.next_value()?);
+        }
+        Ok(Value::object(map))
+    }
+}
+
+/// Object keys go straight from the input into an `Arc<str>`.
+struct KeyVisitor;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyVisitor {
+    type Value = Arc<str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Arc<str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyVisitor {
+    type Value = Arc<str>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a string key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Arc<str>, E> {
+        Ok(Arc::from(key))
     }
 }
 
@@ -554,12 +646,21 @@ impl std::fmt::Display for Value {
 }
 
 /// Builds a `Map` from pairs; handy for node outputs.
-pub fn map_of<const N: usize>(pairs: [(&str, Value); N]) -> Map {
+pub fn map_of<const N: usize>(pairs: [(&'static str, Value); N]) -> Map {
     let mut map = map_with_capacity(N);
-    for (key, value) in pairs {
-        map.insert(Arc::from(key), value);
+    for (name, value) in pairs {
+        map.insert(key(name), value);
     }
     map
+}
+
+/// A map key or name the engine writes on every run (`output`, `actual_value`, …), allocated
+/// once per thread instead of once per use.
+pub fn key(name: &'static str) -> Arc<str> {
+    thread_local! {
+        static KEYS: std::cell::RefCell<HashMap<(usize, usize), Arc<str>, foldhash::fast::FixedState>> = Default::default();
+    }
+    KEYS.with(|keys| keys.borrow_mut().entry((name.as_ptr() as usize, name.len())).or_insert_with(|| Arc::from(name)).clone())
 }
 
 /// A selector written as Dify's error messages print it: `['node', 'var']`.

@@ -172,7 +172,7 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
         return ExitCode::from(USAGE_ERROR);
     }
     let inputs = match read_json_argument(&options.inputs, "--inputs") {
-        Ok(Json::Object(map)) => map,
+        Ok(Json::Object(map)) => flowgate_engine::value::map_from_json(&map),
         Ok(_) => return usage_error("--inputs must be a JSON object"),
         Err(error) => return usage_error(error),
     };

@@ -38,7 +38,7 @@ impl AggregatorNode {
                     let mut inputs = map_with_capacity(1);
                     inputs.insert(key.clone(), value.clone());
                     let mut outputs = map_with_capacity(1);
-                    outputs.insert(Arc::from("output"), value);
+                    outputs.insert(crate::value::key("output"), value);
                     return NodeResult::succeeded(outputs).with_inputs(inputs);
                 }
             }

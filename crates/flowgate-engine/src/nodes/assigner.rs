@@ -9,7 +9,7 @@ use super::{NodeCtx, NodeResult, VariableUpdate};
 use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector};
 use crate::pyfmt;
-use crate::value::{Map, SegType, Value, map_of, map_with_capacity};
+use crate::value::{Map, SegType, Value, key, map_of, map_with_capacity};
 
 fn variable_type(pool: &Pool, selector: &Selector, value: &Value) -> SegType {
     pool.declared_type(selector.slot, &selector.name).unwrap_or_else(|| value.seg_type())
@@ -88,8 +88,7 @@ impl AssignerV1 {
             },
         };
         let mut process_data = map_with_capacity(1);
-        process_data
-            .insert(Arc::from("__updated_variables"), Value::array(vec![updated_variables_entry(&self.target, seg_type, &updated)]));
+        process_data.insert(key("__updated_variables"), Value::array(vec![updated_variables_entry(&self.target, seg_type, &updated)]));
         NodeResult {
             updates: vec![VariableUpdate { selector: self.target.clone(), value: updated }],
             ..NodeResult::succeeded(Map::default()).with_inputs(map_of([("value", income)])).with_process_data(process_data)
@@ -174,7 +173,7 @@ impl AssignerV2 {
             entries.push(updated_variables_entry(selector, seg_type, &value));
             updates.push(VariableUpdate { selector: selector.clone(), value });
         }
-        process_data.insert(Arc::from("__updated_variables"), Value::array(entries));
+        process_data.insert(key("__updated_variables"), Value::array(entries));
         NodeResult { inputs: Some(self.inputs.clone()), updates, ..NodeResult::succeeded(Map::default()).with_process_data(process_data) }
     }
 }

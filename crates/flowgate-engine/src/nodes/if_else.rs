@@ -5,7 +5,7 @@ use flowgate_dsl::nodes::{IfElseData, LogicalOperator};
 use super::{NodeCtx, NodeResult};
 use crate::condition::{CompiledCondition, condition_result, logical_name, process_conditions};
 use crate::plan::SelectorResolver;
-use crate::value::{Value, map_of, map_with_capacity};
+use crate::value::{Value, key, map_of, map_with_capacity};
 
 #[derive(Debug)]
 struct Case {
@@ -68,9 +68,9 @@ impl IfElseNode {
             }
         }
         let mut outputs = map_with_capacity(2);
-        outputs.insert(Arc::from("result"), Value::Bool(selected.is_some()));
+        outputs.insert(key("result"), Value::Bool(selected.is_some()));
         let handle: Arc<str> = selected.cloned().unwrap_or_else(|| Arc::from(FALSE_HANDLE));
-        outputs.insert(Arc::from("selected_case_id"), Value::Str(handle.clone()));
+        outputs.insert(key("selected_case_id"), Value::Str(handle.clone()));
         NodeResult {
             handle: Some(handle),
             ..NodeResult::succeeded(outputs)

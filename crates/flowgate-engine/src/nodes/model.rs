@@ -11,7 +11,7 @@ use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector};
 use crate::ports::{ChatMessage, ModelCall, ModelReply, TextSink, Usage};
 use crate::template::{Render, TextTemplate};
-use crate::value::{Map, SegType, Value, map_of, map_with_capacity};
+use crate::value::{Map, SegType, Value, key, map_of, map_with_capacity};
 
 #[derive(Debug)]
 enum MessageText {
@@ -216,13 +216,13 @@ fn llm_outputs(reply: ModelReply, separate_reasoning: bool, structured: bool) ->
         (reply.text.clone(), reply.reasoning_content.clone())
     };
     let mut outputs = map_with_capacity(5);
-    outputs.insert(Arc::from("text"), Value::from(text.clone()));
-    outputs.insert(Arc::from("reasoning_content"), Value::from(reasoning));
-    outputs.insert(Arc::from("usage"), reply.usage.to_value());
-    outputs.insert(Arc::from("finish_reason"), reply.finish_reason.map_or(Value::None, Value::from));
+    outputs.insert(key("text"), Value::from(text.clone()));
+    outputs.insert(key("reasoning_content"), Value::from(reasoning));
+    outputs.insert(key("usage"), reply.usage.to_value());
+    outputs.insert(key("finish_reason"), reply.finish_reason.map_or(Value::None, Value::from));
     if structured {
         let parsed = reply.structured_output.or_else(|| serde_json::from_str::<serde_json::Value>(text.trim()).ok().map(Value::from));
-        outputs.insert(Arc::from("structured_output"), parsed.unwrap_or_else(|| Value::object(Map::default())));
+        outputs.insert(key("structured_output"), parsed.unwrap_or_else(|| Value::object(Map::default())));
     }
     outputs
 }
@@ -515,9 +515,9 @@ impl ParameterExtractorNode {
                 error = Some(message);
             }
             let mut outputs = map_with_capacity(parameters.len() + 3);
-            outputs.insert(Arc::from("__is_success"), Value::Int(i64::from(error.is_none())));
-            outputs.insert(Arc::from("__reason"), error.map_or(Value::None, Value::from));
-            outputs.insert(Arc::from("__usage"), reply.usage.to_value());
+            outputs.insert(key("__is_success"), Value::Int(i64::from(error.is_none())));
+            outputs.insert(key("__reason"), error.map_or(Value::None, Value::from));
+            outputs.insert(key("__usage"), reply.usage.to_value());
             for parameter in parameters.iter() {
                 outputs.insert(parameter.name.clone(), transform_parameter(parameter.kind, result.get(&*parameter.name)));
             }

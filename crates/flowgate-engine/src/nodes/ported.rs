@@ -12,7 +12,7 @@ use crate::pool::{Pool, Selector};
 use crate::ports::{AgentCall, KnowledgeQuery, TextSink, ToolCall, ToolOutput};
 use crate::run::ChunkSink;
 use crate::template::{Render, TextTemplate};
-use crate::value::{Map, Value, map_of, map_with_capacity};
+use crate::value::{Map, Value, key, map_of, map_with_capacity};
 
 /// A tool/agent parameter: a variable, a text with `{{#...#}}` references, or a constant.
 #[derive(Debug)]
@@ -62,9 +62,9 @@ fn text_stream(ctx: &NodeCtx<'_>) -> (ChunkSink, Arc<[String]>, TextSink) {
 
 fn tool_result(output: ToolOutput, inputs: Map) -> NodeResult {
     let mut outputs = map_with_capacity(3 + output.variables.len());
-    outputs.insert(Arc::from("text"), Value::from(output.text));
-    outputs.insert(Arc::from("files"), Value::array(output.files));
-    outputs.insert(Arc::from("json"), Value::array(output.json));
+    outputs.insert(key("text"), Value::from(output.text));
+    outputs.insert(key("files"), Value::array(output.files));
+    outputs.insert(key("json"), Value::array(output.json));
     for (key, value) in output.variables {
         outputs.insert(key, value);
     }

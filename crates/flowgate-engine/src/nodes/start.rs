@@ -4,7 +4,7 @@ use flowgate_dsl::nodes::{InputType, StartData};
 
 use super::{NodeCtx, NodeResult};
 use crate::pool::Slot;
-use crate::value::{Map, Value, map_with_capacity};
+use crate::value::{Map, Value};
 
 /// The start node publishes the run's inputs (seeded into its slot before the run) and, as
 /// Dify does, every other variable of the pool under `namespace.name` keys.
@@ -38,13 +38,8 @@ impl StartNode {
                 _ => {}
             }
         }
-        let mut outputs = ctx.pool.flatten(slot, &ctx.plan.node_ids);
-        if outputs.is_empty() {
-            outputs = map_with_capacity(inputs.len());
-        }
-        for (key, value) in inputs.iter() {
-            outputs.insert(key.clone(), value.clone());
-        }
+        // The start node's own slot holds the inputs, which come out unprefixed.
+        let outputs = ctx.pool.flatten(slot, &ctx.plan.node_ids, &ctx.plan.namespaced_keys);
         NodeResult::succeeded(outputs).with_inputs(inputs)
     }
 }

@@ -6,7 +6,7 @@ use super::jinja::JinjaTemplate;
 use super::{NodeCtx, NodeResult, bound_inputs, compile_bindings};
 use crate::plan::SelectorResolver;
 use crate::pool::Selector;
-use crate::value::{Value, map_with_capacity};
+use crate::value::{Value, key, map_with_capacity};
 
 /// Dify's `TEMPLATE_TRANSFORM_MAX_LENGTH`.
 pub const MAX_OUTPUT_CHARS: usize = 400_000;
@@ -31,7 +31,7 @@ impl TemplateTransformNode {
             }
             Ok(rendered) => {
                 let mut outputs = map_with_capacity(1);
-                outputs.insert(Arc::from("output"), Value::from(rendered));
+                outputs.insert(key("output"), Value::from(rendered));
                 NodeResult::succeeded(outputs).with_inputs(inputs)
             }
         }

@@ -112,7 +112,7 @@ async fn run_case(case: &Json, address: &str) -> Json {
         .unwrap_or_default();
     let chat = document.app.mode == AppMode::AdvancedChat;
     let request = RunRequest {
-        inputs: inputs.as_object().cloned().unwrap_or_default(),
+        inputs: inputs.as_object().map(flowgate_engine::value::map_from_json).unwrap_or_default(),
         query: case.get("query").and_then(Json::as_str).map(str::to_owned),
         user_id: "oracle-user".into(),
         app_id: "oracle-app".into(),

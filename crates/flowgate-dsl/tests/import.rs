@@ -1,0 +1,248 @@
+//! Import of hostile and broken DSL files: every one must come back as a clear error (or a
+//! located diagnostic), never a panic, a hang or unbounded memory.
+
+// A failed set-up step should stop the test with its message, like a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use flowgate_dsl::{Diagnostic, Document, DslError, MAX_DSL_BYTES};
+
+const MINIMAL: &str = include_str!("data/minimal.yml");
+
+/// A workflow DSL with the given node and edge lines (YAML flow mappings, one per line).
+fn workflow(nodes: &[&str], edges: &[&str]) -> String {
+    let mut text = String::from("app: {name: test, mode: workflow}\nkind: app\nversion: 0.6.0\nworkflow:\n  graph:\n    nodes:\n");
+    for node in nodes {
+        text.push_str(&format!("    - {node}\n"));
+    }
+    text.push_str(if edges.is_empty() { "    edges: []\n" } else { "    edges:\n" });
+    for edge in edges {
+        text.push_str(&format!("    - {edge}\n"));
+    }
+    text
+}
+
+const START: &str = "{id: start, data: {type: start, title: Start, variables: []}}";
+const END: &str = "{id: end, data: {type: end, title: End, outputs: []}}";
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    Document::load(text).expect("loads").errors()
+}
+
+fn has_error<'a>(diagnostics: &'a [Diagnostic], code: &str) -> &'a Diagnostic {
+    diagnostics.iter().find(|diagnostic| diagnostic.code == code).unwrap_or_else(|| panic!("no `{code}` in {diagnostics:#?}"))
+}
+
+#[test]
+fn a_minimal_dsl_loads_without_findings() {
+    let document = Document::load(MINIMAL).unwrap();
+    assert!(document.diagnostics().is_empty(), "{:?}", document.diagnostics());
+}
+
+#[test]
+fn the_console_json_wrapper_is_unwrapped() {
+    let wrapped = serde_json::json!({ "data": MINIMAL }).to_string();
+    let document = Document::load(&wrapped).unwrap();
+    assert_eq!(document.app.name, "minimal");
+    assert!(document.errors().is_empty());
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    let text = "app:\n  name: broken\n  mode: workflow\nworkflow: {graph: [unclosed\n";
+    let error = Document::load(text).unwrap_err();
+    let DslError::Yaml { line, .. } = &error else { panic!("expected a YAML error, got {error:?}") };
+    assert!(line.is_some(), "no line in {error}");
+    assert!(error.to_string().starts_with("invalid YAML at line"), "{error}");
+}
+
+#[test]
+fn a_document_that_is_not_a_mapping_is_refused() {
+    let error = Document::load("- just\n- a list\n").unwrap_err();
+    assert_eq!(error.to_string(), "invalid DSL: the content must be a mapping, found a list");
+    assert!(matches!(Document::load("   \n").unwrap_err(), DslError::NotMapping { .. }));
+}
+
+#[test]
+fn an_alias_bomb_is_refused_quickly() {
+    // "Billion laughs": nine levels of ten aliases each would expand to 10^9 strings.
+    let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..10 {
+        let previous = format!("*a{}", level - 1);
+        let items = [previous.as_str(); 10].join(", ");
+        text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+    }
+    let started = Instant::now();
+    let error = Document::load(&text).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(matches!(error, DslError::Yaml { .. }), "{error}");
+}
+
+#[test]
+fn files_above_ten_mebibytes_are_refused_before_parsing() {
+    let mut text = MINIMAL.to_owned();
+    text.push_str(&format!("# {}\n", "x".repeat(MAX_DSL_BYTES)));
+    let error = Document::load(&text).unwrap_err();
+    assert_eq!(error, DslError::TooLarge { size: text.len(), limit: MAX_DSL_BYTES });
+    assert!(error.to_string().contains("the limit is 10485760 bytes"));
+}
+
+#[test]
+fn a_large_legitimate_file_under_the_limit_loads() {
+    // A 9 MB export (a long template) is still accepted.
+    let big = "y".repeat(9 * 1024 * 1024);
+    let text = workflow(
+        &[
+            START,
+            &format!("{{id: tpl, data: {{type: template-transform, title: T, template: '{big}', variables: []}}}}"),
+            "{id: end, data: {type: end, title: End, outputs: [{variable: out, value_selector: [tpl, output]}]}}",
+        ],
+        &["{source: start, target: tpl}", "{source: tpl, target: end}"],
+    );
+    assert!(errors(&text).is_empty());
+}
+
+#[test]
+fn deep_nesting_is_refused_without_overflowing_the_stack() {
+    for (open, close) in [("[", "]"), ("{a: ", "}")] {
+        let text = format!("app: {}1{}\n", open.repeat(100_000), close.repeat(100_000));
+        let error = Document::load(&text).unwrap_err();
+        assert!(matches!(error, DslError::Yaml { .. } | DslError::TooDeep { .. }), "{error}");
+    }
+    let mut block = String::new();
+    for depth in 0..5_000 {
+        block.push_str(&format!("{}k:\n", "  ".repeat(depth)));
+    }
+    assert!(Document::load(&block).is_err());
+}
+
+#[test]
+fn cycles_outside_loops_are_errors_naming_the_nodes() {
+    let text = workflow(
+        &[
+            START,
+            "{id: a, data: {type: template-transform, title: A, template: a, variables: []}}",
+            "{id: b, data: {type: template-transform, title: B, template: b, variables: []}}",
+            END,
+        ],
+        &["{source: start, target: a}", "{source: a, target: b}", "{source: b, target: a}", "{source: b, target: end}"],
+    );
+    let diagnostics = errors(&text);
+    let cycle = has_error(&diagnostics, "cycle");
+    assert!(cycle.message.contains("a -> b -> a"), "{cycle}");
+}
+
+#[test]
+fn dangling_edges_name_the_missing_node_and_the_line() {
+    let text =
+        workflow(&[START, END], &["{source: start, target: end}", "{source: start, target: nowhere}", "{source: ghost, target: end}"]);
+    let diagnostics = errors(&text);
+    let target = has_error(&diagnostics, "unknown_edge_target");
+    assert!(target.message.contains("nowhere"), "{target}");
+    assert_eq!(target.line, Some(11), "{target}");
+    let source = has_error(&diagnostics, "unknown_edge_source");
+    assert!(source.message.contains("ghost"), "{source}");
+    assert_eq!(source.line, Some(12), "{source}");
+}
+
+#[test]
+fn a_missing_start_node_is_an_error() {
+    let text = workflow(&[END], &[]);
+    has_error(&errors(&text), "missing_start_node");
+}
+
+#[test]
+fn unknown_node_types_name_the_node() {
+    let text = workflow(
+        &[START, "{id: mystery, data: {type: teleport, title: Mystery}}", END],
+        &["{source: start, target: mystery}", "{source: mystery, target: end}"],
+    );
+    let diagnostics = errors(&text);
+    let unknown = has_error(&diagnostics, "unknown_node_type");
+    assert_eq!(unknown.node_id.as_deref(), Some("mystery"));
+    assert!(unknown.to_string().contains("teleport"), "{unknown}");
+    assert_eq!(unknown.line, Some(8));
+}
+
+#[test]
+fn selectors_to_missing_nodes_name_the_node_and_field() {
+    let text = workflow(
+        &[START, "{id: end, data: {type: end, title: End, outputs: [{variable: out, value_selector: [vanished, text]}]}}"],
+        &["{source: start, target: end}"],
+    );
+    let diagnostics = errors(&text);
+    let selector = has_error(&diagnostics, "unknown_selector_node");
+    assert_eq!(selector.node_id.as_deref(), Some("end"));
+    assert!(selector.field.as_deref().is_some_and(|field| field == "data.outputs[0].value_selector"), "{selector}");
+    assert!(selector.message.contains("vanished"), "{selector}");
+}
+
+#[test]
+fn bad_operator_strings_name_the_node_and_field() {
+    let text = workflow(
+        &[
+            START,
+            "{id: check, data: {type: if-else, title: Check, cases: [{case_id: 'true', logical_operator: and, conditions: [{variable_selector: [sys, user_id], comparison_operator: resembles, value: x}]}]}}",
+            END,
+        ],
+        &["{source: start, target: check}", "{source: check, target: end, sourceHandle: 'true'}"],
+    );
+    let diagnostics = errors(&text);
+    let bad = diagnostics.iter().find(|diagnostic| diagnostic.node_id.as_deref() == Some("check")).expect("a finding for `check`");
+    let shown = bad.to_string();
+    assert!(shown.contains("resembles"), "{shown}");
+    assert!(bad.field.as_deref().is_some_and(|field| field.contains("comparison_operator")), "{shown}");
+}
+
+#[test]
+fn wrong_field_types_name_the_node_and_field() {
+    let text = workflow(&[START, "{id: end, data: {type: end, title: End, outputs: 7}}"], &["{source: start, target: end}"]);
+    let diagnostics = errors(&text);
+    let bad = diagnostics.iter().find(|diagnostic| diagnostic.node_id.as_deref() == Some("end")).expect("a finding for `end`");
+    assert_eq!(bad.field.as_deref(), Some("data.outputs"), "{bad}");
+}
+
+#[test]
+fn notes_and_unknown_keys_survive_an_export_round_trip() {
+    let text = workflow(
+        &[
+            START,
+            "{id: note, type: custom-note, data: {type: '', title: '', text: remember me, theme: blue}}",
+            "{id: end, data: {type: end, title: End, outputs: [], shiny_new_setting: 42}}",
+        ],
+        &["{source: start, target: end}"],
+    );
+    let document = Document::load(&text).unwrap();
+    assert!(document.errors().is_empty(), "{:?}", document.errors());
+    assert!(document.graph().unwrap().nodes.iter().all(|node| node.id != "note"), "notes are not executable nodes");
+    let exported = Document::load(&document.export_yaml()).unwrap();
+    assert_eq!(exported.raw(), document.raw());
+    assert!(document.export_yaml().contains("shiny_new_setting: 42"));
+    assert!(document.export_yaml().contains("remember me"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    // A few shapes that have tripped YAML importers: tags, binary, odd scalars, wrong types at
+    // every envelope level.
+    let inputs = [
+        "!!binary aGVsbG8=",
+        "app: !!python/object:os.system {}",
+        "\u{0}\u{1}\u{2}",
+        "app: [1, 2]\nworkflow: 3",
+        "app: {mode: workflow}\nworkflow: {graph: {nodes: 5, edges: 'x'}}",
+        "app: {mode: workflow}\nworkflow: {graph: {nodes: [{id: [1], data: 3}], edges: [7]}}",
+        "app: {mode: advanced-chat}\nversion: 99.0.0\nworkflow: {graph: {nodes: [], edges: []}}",
+        "version: 0.1.0\napp: {mode: chat}",
+        "{\"data\": 5}",
+        "{\"data\": \"- not\\n- a mapping\"}",
+        "app: &a {name: *a}",
+    ];
+    for input in inputs {
+        if let Ok(document) = Document::load(input) {
+            let _ = document.diagnostics();
+            let _ = document.export_yaml();
+        }
+    }
+}
