@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates tests/conformance/expected/*.json by running every case on graphon 0.8 (Dify's
 # engine) through the oracle runner, in the virtualenv scripts/oracle-python creates.
-#   tests/conformance/regenerate.sh            # all cases
+#   tests/conformance/regenerate.sh            # all cases, and the document-extractor expectations
 #   tests/conformance/regenerate.sh CASE_ID... # some cases
 # FLOWGATE_ORACLE_DIR points at the oracle runner (default: ../shared/oracle next to the repo).
 set -euo pipefail
@@ -15,3 +15,6 @@ fixture=$!
 trap 'kill $fixture 2>/dev/null || true' EXIT
 sleep 0.3
 FLOWGATE_ORACLE_DIR="$oracle" "$python" tests/conformance/oracle.py "$@"
+if [ "$#" -eq 0 ]; then
+  "$python" tests/conformance/documents.py
+fi

@@ -169,19 +169,14 @@ fn convert_to_bool(value: &Value) -> Result<Value, String> {
     match value {
         Value::Bool(flag) => Ok(Value::Bool(*flag)),
         Value::Int(int) => Ok(Value::Bool(*int != 0)),
-        Value::Str(text) => match serde_json::from_str::<serde_json::Value>(text) {
+        Value::Str(text) => match pyfmt::json_loads(text) {
             Ok(serde_json::Value::Bool(flag)) => Ok(Value::Bool(flag)),
             Ok(serde_json::Value::Number(number)) if number.is_i64() => Ok(Value::Bool(number.as_i64() != Some(0))),
             Ok(_) => Err(format!("unexpected value: type=<class 'str'>, value={text}")),
-            Err(error) => Err(json_error_message(&error)),
+            Err(error) => Err(error),
         },
         other => Err(format!("unexpected value: type={}, value={}", pyfmt::python_type_name(other), pyfmt::py_str(other))),
     }
-}
-
-/// Python's `json.JSONDecodeError` wording for the common cases.
-pub fn json_error_message(error: &serde_json::Error) -> String {
-    format!("Expecting value: line {} column {} (char {})", error.line(), error.column(), error.column().saturating_sub(1))
 }
 
 fn process_sub_conditions(variable: &Value, sub: &SubVariableCondition) -> Result<bool, String> {

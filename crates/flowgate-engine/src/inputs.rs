@@ -182,7 +182,7 @@ fn validate_input(variable: &InputVariable, value: Option<&Value>, resolve_file:
     };
     // Dify drops NUL characters from text inputs.
     if let Value::Str(text) = &value
-        && text.contains('\0')
+        && memchr::memchr(0, text.as_bytes()).is_some()
     {
         return Ok(Value::from(text.replace('\0', "")));
     }

@@ -291,6 +291,41 @@ pub fn python_type_name(value: &Value) -> &'static str {
     }
 }
 
+/// `json.loads`: the value, or Python's `JSONDecodeError` message (`Expecting value: line 1
+/// column 5 (char 4)`) for the common kinds of error.
+pub fn json_loads(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|error| {
+        let description = error.to_string();
+        let kind = if error.is_eof() {
+            "Expecting value"
+        } else if description.starts_with("expected `,`") {
+            "Expecting ',' delimiter"
+        } else if description.starts_with("expected `:`") {
+            "Expecting ':' delimiter"
+        } else if description.starts_with("key must be a string") {
+            "Expecting property name enclosed in double quotes"
+        } else if description.starts_with("trailing characters") {
+            "Extra data"
+        } else if description.starts_with("invalid escape") {
+            "Invalid \\escape"
+        } else if description.starts_with("control character") {
+            "Invalid control character at"
+        } else {
+            "Expecting value"
+        };
+        // Python points at the offending character, which for a truncated document is its end.
+        let (line, column, position) = if error.is_eof() {
+            let position = text.chars().count();
+            let last_line = text.rsplit('\n').next().unwrap_or(text);
+            (text.matches('\n').count() + 1, last_line.chars().count() + 1, position)
+        } else {
+            let line_start: usize = text.split_inclusive('\n').take(error.line().saturating_sub(1)).map(|line| line.chars().count()).sum();
+            (error.line(), error.column(), line_start + error.column().saturating_sub(1))
+        };
+        format!("{kind}: line {line} column {column} (char {position})")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

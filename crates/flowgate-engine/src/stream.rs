@@ -33,7 +33,8 @@ struct ResponseNode {
     segments: Vec<Segment>,
     /// `[node_id, "answer"]`, the selector text segments are reported under.
     text_selector: Arc<[String]>,
-    initially_active: bool,
+    /// Nodes reachable from the start before any blocking edge is taken.
+    initially_reached: Vec<bool>,
     /// Per edge: whether it lies on some path from the start to this node, and blocks it.
     edges: Vec<PathEdge>,
 }
@@ -58,7 +59,6 @@ pub struct ResponsePlan {
     stream_index: HashMap<Arc<[String]>, usize>,
     /// For each edge, the response nodes whose activation it can change.
     watchers: Vec<Vec<usize>>,
-    root: u32,
 }
 
 impl ResponsePlan {
@@ -118,17 +118,17 @@ impl ResponsePlan {
                     watchers[edge].push(position);
                 }
             }
-            let mut response_node = ResponseNode {
+            let mut initially_reached = vec![false; plan.nodes.len()];
+            extend_reach(plan, &edges, &mut initially_reached, plan.root, &[]);
+            nodes.push(ResponseNode {
                 node: response,
                 segments,
                 text_selector: Arc::from(vec![node.id.to_string(), "answer".to_owned()]),
-                initially_active: false,
+                initially_reached,
                 edges,
-            };
-            response_node.initially_active = reaches(plan, plan.root, response, &response_node, &[]);
-            nodes.push(response_node);
+            });
         }
-        Self { nodes, streams, stream_index, watchers, root: plan.root }
+        Self { nodes, streams, stream_index, watchers }
     }
 }
 
@@ -204,32 +204,27 @@ fn edges_towards(plan: &Plan, from: u32, to: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Whether `to` is reachable from `from` using edges that are non-blocking or already taken.
-fn reaches(plan: &Plan, from: u32, to: u32, response: &ResponseNode, edge_states: &[EdgeState]) -> bool {
-    if from == to {
-        return true;
-    }
-    let mut seen = vec![false; plan.nodes.len()];
+/// Marks `from` and every node reachable from it through usable edges (non-blocking, or
+/// blocking and taken) as reached. Edges are only ever taken, never untaken, so the reached
+/// set only grows and each run extends it incrementally.
+fn extend_reach(plan: &Plan, edges: &[PathEdge], reached: &mut [bool], from: u32, edge_states: &[EdgeState]) {
     let mut stack = vec![from];
     while let Some(node) = stack.pop() {
-        if node == to {
-            return true;
-        }
-        if std::mem::replace(&mut seen[node as usize], true) {
+        if std::mem::replace(&mut reached[node as usize], true) {
             continue;
         }
         for &edge in &plan.node(node).outgoing {
-            let usable = match response.edges[edge as usize] {
+            let usable = match edges[edge as usize] {
                 PathEdge::Off => false,
                 PathEdge::Open => true,
                 PathEdge::Blocking => edge_states.get(edge as usize) == Some(&EdgeState::Taken),
             };
-            if usable {
-                stack.push(plan.edges[edge as usize].target);
+            let target = plan.edges[edge as usize].target;
+            if usable && !reached[target as usize] {
+                stack.push(target);
             }
         }
     }
-    false
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +248,8 @@ pub type Emitted = (String, Arc<[String]>);
 /// Run-time state of response streaming for one run.
 pub struct ResponseFilter {
     pending: Vec<bool>,
+    /// Per response node: the nodes reachable from the start with the edges taken so far.
+    reached: Vec<Vec<bool>>,
     cursors: Vec<usize>,
     active: Option<usize>,
     waiting: VecDeque<usize>,
@@ -263,6 +260,7 @@ impl ResponseFilter {
     pub fn new(plan: &ResponsePlan) -> Self {
         Self {
             pending: vec![true; plan.nodes.len()],
+            reached: plan.nodes.iter().map(|node| node.initially_reached.clone()).collect(),
             cursors: vec![0; plan.nodes.len()],
             active: None,
             waiting: VecDeque::new(),
@@ -273,7 +271,8 @@ impl ResponseFilter {
     pub fn start(&mut self, view: &View<'_>, out: &mut Vec<Emitted>) {
         let response = &view.plan.response;
         for position in 0..response.nodes.len() {
-            if response.nodes[position].initially_active {
+            let node = &response.nodes[position];
+            if node.initially_reached[node.node as usize] {
                 self.activate(position, view, out);
             }
         }
@@ -284,9 +283,17 @@ impl ResponseFilter {
         let Some(watchers) = response.watchers.get(edge as usize) else {
             return;
         };
+        let (source, target) = (view.plan.edges[edge as usize].source, view.plan.edges[edge as usize].target);
         for &position in watchers {
-            let target = &response.nodes[position];
-            if self.pending[position] && reaches(view.plan, response.root, target.node, target, view.edge_states) {
+            if !self.pending[position] {
+                continue;
+            }
+            let node = &response.nodes[position];
+            let reached = &mut self.reached[position];
+            if reached[source as usize] && !reached[target as usize] {
+                extend_reach(view.plan, &node.edges, reached, target, view.edge_states);
+            }
+            if reached[node.node as usize] {
                 self.activate(position, view, out);
             }
         }

@@ -143,7 +143,7 @@ pub fn constant_loop_value(var_type: Option<SegType>, value: &Value) -> Result<V
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str::<serde_json::Value>(text).map(Value::from).map_err(|error| crate::condition::json_error_message(&error))
+    crate::pyfmt::json_loads(text).map(Value::from)
 }
 
 /// Dify's `build_segment_with_type`: the value must fit the declared type.

@@ -395,8 +395,9 @@ fn parse_json_markdown(text: &str) -> Result<serde_json::Value, String> {
         }
     }
     match (start, end) {
-        (Some(start), Some(end)) if start < end => serde_json::from_str(text[start..end].trim())
-            .map_err(|error| format!("got invalid json object. error: {}", crate::condition::json_error_message(&error))),
+        (Some(start), Some(end)) if start < end => {
+            crate::pyfmt::json_loads(text[start..end].trim()).map_err(|error| format!("got invalid json object. error: {error}"))
+        }
         _ => Err("could not find json block in the output.".into()),
     }
 }
