@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use flowgate_dsl::nodes::{AgentData, KnowledgeRetrievalData, ToolData};
 
 use super::model::usage_metadata;
 use super::{Capability, Exec, NodeCtx, NodeResult};
 use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector};
-use crate::ports::{AgentCall, KnowledgeQuery, TextSink, ToolCall, ToolOutput};
+use crate::ports::{AgentCall, KnowledgeQuery, PortError, TextSink, ToolCall, ToolOutput};
 use crate::run::ChunkSink;
 use crate::template::{Render, TextTemplate};
 use crate::value::{Map, Value, key, map_of, map_with_capacity};
@@ -49,6 +51,26 @@ fn resolve_inputs(inputs: &[(Arc<str>, Input)], pool: &Pool) -> Map {
         resolved.insert(name.clone(), input.resolve(pool));
     }
     resolved
+}
+
+/// Runs a tool or agent call whose text streams to the answer as `[node, "text"]`, closing
+/// that stream when the call ends, and turns its output into the node's result.
+fn invoke_streaming(
+    ctx: &NodeCtx<'_>,
+    parameters: Map,
+    error_type: &'static str,
+    invoke: impl FnOnce(TextSink) -> BoxFuture<'static, Result<ToolOutput, PortError>>,
+) -> Exec {
+    let (chunks, selector, sink) = text_stream(ctx);
+    let call = invoke(sink);
+    Exec::Pending(Box::pin(async move {
+        let result = call.await;
+        chunks.send(&selector, "", true);
+        match result {
+            Ok(output) => tool_result(output, parameters),
+            Err(error) => NodeResult::failed(error.message, error_type).with_inputs(parameters),
+        }
+    }))
 }
 
 fn text_stream(ctx: &NodeCtx<'_>) -> (ChunkSink, Arc<[String]>, TextSink) {
@@ -115,15 +137,7 @@ impl ToolNode {
             configurations: self.configurations.clone(),
             parameters: parameters.clone(),
         };
-        let (chunks, selector, sink) = text_stream(ctx);
-        Exec::Pending(Box::pin(async move {
-            let result = port.invoke(call, sink).await;
-            chunks.send(&selector, "", true);
-            match result {
-                Ok(output) => tool_result(output, parameters),
-                Err(error) => NodeResult::failed(error.message, "ToolInvokeError").with_inputs(parameters),
-            }
-        }))
+        invoke_streaming(ctx, parameters, "ToolInvokeError", |sink| port.invoke(call, sink))
     }
 }
 
@@ -159,15 +173,7 @@ impl AgentNode {
             strategy: self.strategy.clone(),
             parameters: parameters.clone(),
         };
-        let (chunks, selector, sink) = text_stream(ctx);
-        Exec::Pending(Box::pin(async move {
-            let result = port.invoke(call, sink).await;
-            chunks.send(&selector, "", true);
-            match result {
-                Ok(output) => tool_result(output, parameters),
-                Err(error) => NodeResult::failed(error.message, "AgentNodeError").with_inputs(parameters),
-            }
-        }))
+        invoke_streaming(ctx, parameters, "AgentNodeError", |sink| port.invoke(call, sink))
     }
 }
 
