@@ -1,0 +1,229 @@
+//! The store against both databases it supports: an SQLite file in a temporary folder and the
+//! machine's PostgreSQL (`FLOWGATE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`),
+//! in a database of its own created for the test and dropped after it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_engine::RunStatus;
+use flowgate_engine::event::RunSummary;
+use flowgate_engine::value::{Map, Value, map_of};
+use flowgate_store::recorder::{NodeRecord, Recorder, RunStart};
+use flowgate_store::{LogDetail, LogQuery, NewApp, Store, StoreConfig, StoreError};
+use sqlx::Connection;
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowgate-store-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn sqlite_store() -> Store {
+    Store::open(StoreConfig::embedded(temp_dir())).await.unwrap()
+}
+
+/// A fresh PostgreSQL database for one test.
+async fn postgres_store() -> (Store, String) {
+    let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("flowgate_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL must be running for the cluster-mode tests");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("FLOWGATE_TEST_POSTGRES needs a database path"),
+    };
+    let config = StoreConfig { database_url: Some(url), ..StoreConfig::embedded(temp_dir()) };
+    (Store::open(config).await.unwrap(), name)
+}
+
+async fn drop_postgres(name: &str) {
+    let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await;
+}
+
+fn new_app(name: &str) -> NewApp {
+    NewApp {
+        name: name.into(),
+        mode: "workflow".into(),
+        description: String::new(),
+        icon_type: None,
+        icon: None,
+        icon_background: None,
+        dsl: "app: {name: x, mode: workflow}".into(),
+    }
+}
+
+async fn apps_keys_and_versions(store: &Store) {
+    let (app, first) = store.create_app(new_app("one")).await.unwrap();
+    assert_eq!(app.current_version_id.as_deref(), Some(first.id.as_str()));
+    let (key, token) = store.create_key(&app.id).await.unwrap();
+    assert_eq!(store.app_for_token(&token).await.unwrap().as_deref(), Some(app.id.as_str()));
+    assert_eq!(store.app_for_token("app-wrong").await.unwrap(), None);
+    let (app, second) = store.publish_version(&app.id, new_app("one, again")).await.unwrap();
+    assert_eq!(app.current_version_id.as_deref(), Some(second.id.as_str()));
+    assert_eq!(app.name, "one, again");
+    assert_eq!(store.version(&first.id).await.unwrap().app_id, app.id, "the previous version stays addressable");
+    let chat = NewApp { mode: "advanced-chat".into(), ..new_app("chat") };
+    assert!(matches!(store.publish_version(&app.id, chat).await, Err(StoreError::Conflict(_))));
+    store.revoke_key(&key.id).await.unwrap();
+    assert_eq!(store.app_for_token(&token).await.unwrap(), None);
+    let user = store.end_user(&app.id, "alice").await.unwrap();
+    assert_eq!(store.end_user(&app.id, "alice").await.unwrap(), user);
+    store.delete_app(&app.id).await.unwrap();
+    assert!(matches!(store.app(&app.id).await, Err(StoreError::NotFound(_))));
+}
+
+fn start(run_id: &str, app_id: &str, version_id: &str, inputs: Map, detail: LogDetail) -> RunStart {
+    RunStart {
+        id: run_id.into(),
+        app_id: app_id.into(),
+        version_id: version_id.into(),
+        task_id: format!("task-{run_id}"),
+        end_user_id: None,
+        conversation_id: None,
+        message_id: None,
+        created_from: "service-api".into(),
+        detail,
+        retention_days: 30,
+        inputs: Arc::new(inputs),
+        instance_id: "test-instance".into(),
+        created_at: flowgate_store::now(),
+    }
+}
+
+fn node(id: &str, index: u64, outputs: Map) -> NodeRecord {
+    NodeRecord {
+        id: Arc::from(id),
+        index,
+        node_id: Arc::from(format!("node{index}")),
+        node_type: Arc::from("template-transform"),
+        title: Arc::from("T"),
+        status: "succeeded",
+        error: None,
+        elapsed: 0.001,
+        inputs: None,
+        process_data: None,
+        outputs: Some(Arc::new(outputs)),
+        metadata: None,
+        created_at: flowgate_store::now(),
+        finished_at: flowgate_store::now(),
+    }
+}
+
+fn summary(run_id: &str, outputs: Map) -> RunSummary {
+    RunSummary {
+        run_id: Arc::from(run_id),
+        workflow_id: Arc::from("w"),
+        status: RunStatus::Succeeded,
+        outputs: Arc::new(outputs),
+        error: None,
+        elapsed: 0.01,
+        total_tokens: 0,
+        total_steps: 2,
+        exceptions_count: 0,
+        created_at: flowgate_store::now(),
+        finished_at: flowgate_store::now(),
+        answer: String::new(),
+        conversation_variables: Arc::new(Map::default()),
+    }
+}
+
+async fn run_log_is_small_and_complete(store: &Store) {
+    let (app, version) = store.create_app(new_app("logged")).await.unwrap();
+    let recorder = Recorder::start(store.clone());
+    let table = Value::str("SKU00001,widget,9.99\n".repeat(20_000));
+    for run in 0..3 {
+        let run_id = format!("00000000-0000-0000-0000-00000000000{run}");
+        recorder.run_started(start(&run_id, &app.id, &version.id, map_of([("master", table.clone())]), LogDetail::Full));
+        for index in 1..=5 {
+            recorder
+                .node_finished(Arc::from(run_id.as_str()), node(&format!("{run_id}-{index}"), index, map_of([("output", table.clone())])));
+        }
+        recorder.run_finished(Arc::from(run_id.as_str()), summary(&run_id, map_of([("rows", Value::Int(20_000))])));
+    }
+    recorder.flush().await;
+    let run = store.run(&app.id, "00000000-0000-0000-0000-000000000001").await.unwrap();
+    assert_eq!(run.status, "succeeded");
+    assert_eq!(run.inputs.as_ref().and_then(|inputs| inputs["master"].as_str()).map(str::len), Some(420_000));
+    assert_eq!(run.outputs, Some(serde_json::json!({"rows": 20000})));
+    let nodes = store.node_executions(&run.id).await.unwrap();
+    assert_eq!(nodes.len(), 5);
+    assert_eq!(nodes[4].outputs.as_ref().and_then(|outputs| outputs["output"].as_str()).map(str::len), Some(420_000));
+    // 15 node executions and 3 runs carry the 420 KB table; it is stored once, compressed.
+    let (payloads, bytes) = store.payload_bytes().await.unwrap();
+    assert!(payloads <= 5, "{payloads} payloads");
+    assert!(bytes < 100_000, "{bytes} bytes");
+    let page = store.runs(&app.id, &LogQuery { page: 1, limit: 2, ..LogQuery::default() }).await.unwrap();
+    assert_eq!((page.total, page.data.len(), page.has_more), (3, 2, true));
+    // Retention: nothing expires today; everything does in 31 days.
+    assert_eq!(store.purge_expired(flowgate_store::now()).await.unwrap().runs, 0);
+    let purged = store.purge_expired(flowgate_store::now() + 31 * 86_400).await.unwrap();
+    assert_eq!((purged.runs, purged.node_executions), (3, 15));
+    assert_eq!(store.payload_bytes().await.unwrap().0, 0);
+}
+
+async fn crashed_runs_are_failed(store: &Store) {
+    let (app, version) = store.create_app(new_app("crashy")).await.unwrap();
+    store.register_instance("dead").await.unwrap();
+    let recorder = Recorder::start(store.clone());
+    let mut orphan = start("11111111-1111-1111-1111-111111111111", &app.id, &version.id, Map::default(), LogDetail::Metadata);
+    orphan.instance_id = "dead".into();
+    recorder.run_started(orphan);
+    recorder.flush().await;
+    // The run is written as `running` when a batch closes with it still open.
+    assert_eq!(store.run(&app.id, "11111111-1111-1111-1111-111111111111").await.unwrap().status, "running");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store.register_instance("alive").await.unwrap();
+    let failed = store.fail_orphaned_runs("alive", Duration::ZERO).await.unwrap();
+    assert_eq!(failed, 1);
+    let run = store.run(&app.id, "11111111-1111-1111-1111-111111111111").await.unwrap();
+    assert_eq!(run.status, "failed");
+    assert!(run.error.unwrap().contains("stopped before it finished"));
+}
+
+#[tokio::test]
+async fn sqlite_apps_keys_and_versions() {
+    apps_keys_and_versions(&sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn postgres_apps_keys_and_versions() {
+    let (store, name) = postgres_store().await;
+    apps_keys_and_versions(&store).await;
+    drop_postgres(&name).await;
+}
+
+#[tokio::test]
+async fn sqlite_run_log() {
+    run_log_is_small_and_complete(&sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn postgres_run_log() {
+    let (store, name) = postgres_store().await;
+    run_log_is_small_and_complete(&store).await;
+    drop_postgres(&name).await;
+}
+
+#[tokio::test]
+async fn sqlite_crash_recovery() {
+    crashed_runs_are_failed(&sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn postgres_crash_recovery() {
+    let (store, name) = postgres_store().await;
+    crashed_runs_are_failed(&store).await;
+    drop_postgres(&name).await;
+}
+
+#[tokio::test]
+async fn two_processes_migrating_one_database_at_once_both_succeed() {
+    let dir = temp_dir();
+    let (a, b) = tokio::join!(Store::open(StoreConfig::embedded(&dir)), Store::open(StoreConfig::embedded(&dir)));
+    a.unwrap();
+    b.unwrap();
+}
