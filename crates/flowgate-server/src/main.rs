@@ -1,6 +1,9 @@
 //! `flowgate`: run Dify apps from the command line.
 
+mod admin_cli;
+mod api_error;
 mod files;
+mod serve;
 mod wire;
 
 use std::io::Write;
@@ -35,6 +38,37 @@ enum Command {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Serve the apps in the store over Dify's Service API.
+    Serve {
+        #[arg(long, env = "FLOWGATE_LISTEN", default_value = "0.0.0.0:5001")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        store: admin_cli::StoreArgs,
+        /// The largest request body accepted, in bytes.
+        #[arg(long, env = "FLOWGATE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// How long a shutdown waits for runs in progress, in seconds.
+        #[arg(long, env = "FLOWGATE_SHUTDOWN_GRACE", default_value_t = 30)]
+        shutdown_grace: u64,
+        /// Addresses HTTP nodes may reach although they are not public (CIDRs, comma-separated).
+        #[arg(long, env = "FLOWGATE_EGRESS_ALLOW", default_value = "")]
+        allow_network: String,
+    },
+    /// Bring the database schema up to date and exit.
+    Migrate {
+        #[command(flatten)]
+        store: admin_cli::StoreArgs,
+    },
+    /// Import, list and export apps.
+    Apps {
+        #[command(subcommand)]
+        command: admin_cli::AppsCommand,
+    },
+    /// Issue and revoke app API keys.
+    Keys {
+        #[command(subcommand)]
+        command: admin_cli::KeysCommand,
     },
     /// Run a workflow or chatflow DSL once and print its result as JSON.
     Run {
@@ -71,6 +105,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network } => {
+            admin_cli::serve(listen, store, max_body_bytes, Duration::from_secs(shutdown_grace), &allow_network)
+        }
+        Command::Migrate { store } => admin_cli::migrate(store),
+        Command::Apps { command } => admin_cli::apps(command),
+        Command::Keys { command } => admin_cli::keys(command),
         Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time } => {
             let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time };
             run(&file, options)

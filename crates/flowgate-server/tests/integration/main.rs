@@ -8,6 +8,7 @@ mod conformance;
 mod corpus;
 mod http_fixture;
 mod python;
+mod serve;
 
 use std::sync::OnceLock;
 
