@@ -11,12 +11,11 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use flowgate_dsl::Document;
 use flowgate_egress::{EgressClient, IpPolicy};
 use flowgate_engine::Ports;
-use flowgate_store::{NewApp, Store, StoreConfig};
+use flowgate_store::{LogQuery, Store, StoreConfig};
 
-use crate::files::LocalFiles;
+use crate::manage::{self, ManageError, PolicyChange};
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
@@ -51,7 +50,7 @@ impl StoreArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AppsCommand {
-    /// Import a DSL as a new app (prints `{"app_id", "api_key"}`), or with `--app` as the new
+    /// Import a DSL as a new app (prints `{"app_id", "api_key", …}`), or with `--app` as the new
     /// published version of an existing one.
     Import {
         file: PathBuf,
@@ -68,13 +67,85 @@ pub enum AppsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Show an app with its published versions.
+    Get {
+        app_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print the DSL of an app's current version (or of `--workflow-id`).
+    Export {
+        app_id: String,
+        #[arg(long)]
+        workflow_id: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete an app, its versions and keys; its run log goes with the next purge.
+    Delete {
+        app_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set an app's run-log detail, retention and limits; prints the app's policy. A running
+    /// server applies it within a second.
+    Policy {
+        app_id: String,
+        /// full | metadata | errors | none
+        #[arg(long)]
+        log_detail: Option<String>,
+        #[arg(long)]
+        retention_days: Option<i64>,
+        /// JSON: {"requests_per_second"|"requests_per_minute"|"requests_per_hour": N,
+        /// "per_key": {same rates, per API key}, "max_concurrent_runs": N, "queue_timeout_ms": N}
+        #[arg(long)]
+        limits: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// Issue an API key for an app (prints `{"id", "api_key"}`; the key is shown only once).
+    /// Issue an API key for an app (prints `{"id", "api_key", …}`; the key is shown only once).
     Create {
         app_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List an app's keys (hints only), one JSON object per line.
+    List {
+        app_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key; a running server refuses it within a second.
+    Revoke {
+        app_id: String,
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// An app's runs, newest first, one JSON object per line.
+    List {
+        app_id: String,
+        #[arg(long, value_parser = ["succeeded", "failed", "stopped", "partial-succeeded", "running"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=100))]
+        limit: i64,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+        page: i64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A run with its node executions.
+    Get {
+        app_id: String,
+        run_id: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -103,142 +174,174 @@ fn print(value: &serde_json::Value) {
 }
 
 pub fn migrate(store: StoreArgs) -> ExitCode {
+    execute(&store, |store| async move { Ok(Output::Json(json!({"migrated": true, "database": store.backend().as_str()}))) })
+}
+
+/// What a command prints on success.
+enum Output {
+    Json(serde_json::Value),
+    /// One JSON object per line.
+    Lines(Vec<serde_json::Value>),
+    Text(String),
+    Nothing,
+}
+
+/// Opens the store, does the work, prints its output; bad input exits 2, other failures 1.
+fn execute<F, Fut>(args: &StoreArgs, work: F) -> ExitCode
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = Result<Output, ManageError>>,
+{
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
-        match open(&store).await {
-            Ok(store) => {
-                print(&json!({"migrated": true, "database": store.backend().as_str()}));
+        let store = match open(args).await {
+            Ok(store) => store,
+            Err(code) => return code,
+        };
+        match work(store).await {
+            Ok(output) => {
+                match output {
+                    Output::Json(value) => print(&value),
+                    Output::Lines(values) => values.iter().for_each(print),
+                    Output::Text(text) => {
+                        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                    }
+                    Output::Nothing => {}
+                }
                 ExitCode::SUCCESS
             }
-            Err(code) => code,
+            Err(ManageError::InvalidDsl(errors)) => {
+                errors.iter().for_each(|error| eprintln!("error: {error}"));
+                ExitCode::from(USAGE)
+            }
+            Err(error @ ManageError::InvalidPolicy(_)) => {
+                eprintln!("error: {error}");
+                ExitCode::from(USAGE)
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(FAILURE)
+            }
         }
-    })
-}
-
-/// A DSL file read and validated as an app to import.
-fn read_app(file: &PathBuf, name: Option<String>) -> Result<NewApp, ExitCode> {
-    let text = std::fs::read_to_string(file).map_err(|error| {
-        eprintln!("error: cannot read {}: {error}", file.display());
-        ExitCode::from(USAGE)
-    })?;
-    let document = Document::load(&text).map_err(|error| {
-        eprintln!("error {}: {error}", file.display());
-        ExitCode::from(USAGE)
-    })?;
-    let errors = document.errors();
-    if !errors.is_empty() {
-        for error in errors {
-            eprintln!("error {}: {error}", file.display());
-        }
-        return Err(ExitCode::from(USAGE));
-    }
-    let app = &document.app;
-    Ok(NewApp {
-        name: name.unwrap_or_else(|| app.name.clone()),
-        mode: app.mode.as_str().to_owned(),
-        description: app.description.clone(),
-        icon_type: Some(app.icon_type.clone()).filter(|text| !text.is_empty()),
-        icon: Some(app.icon.clone()).filter(|text| !text.is_empty()),
-        icon_background: Some(app.icon_background.clone()).filter(|text| !text.is_empty()),
-        dsl: document.export_yaml(),
     })
 }
 
 pub fn apps(command: AppsCommand) -> ExitCode {
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async {
-        match command {
-            AppsCommand::Import { file, name, app, store } => {
-                let new_app = match read_app(&file, name) {
-                    Ok(new_app) => new_app,
-                    Err(code) => return code,
-                };
-                let store = match open(&store).await {
-                    Ok(store) => store,
-                    Err(code) => return code,
-                };
-                let result = match app {
-                    Some(app_id) => store
-                        .publish_version(&app_id, new_app)
-                        .await
-                        .map(|(app, version)| json!({"app_id": app.id, "workflow_id": version.id, "version": version.version})),
-                    None => match store.create_app(new_app).await {
-                        Ok((app, version)) => store
-                            .create_key(&app.id)
-                            .await
-                            .map(|(_, token)| json!({"app_id": app.id, "api_key": token, "workflow_id": version.id})),
-                        Err(error) => Err(error),
-                    },
-                };
-                match result {
-                    Ok(value) => {
-                        print(&value);
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        ExitCode::from(FAILURE)
-                    }
+    match command {
+        AppsCommand::Import { file, name, app, store } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("error: cannot read {}: {error}", file.display());
+                    return ExitCode::from(USAGE);
                 }
-            }
-            AppsCommand::List { store } => {
-                let store = match open(&store).await {
-                    Ok(store) => store,
-                    Err(code) => return code,
-                };
-                match store.apps().await {
-                    Ok(apps) => {
-                        for app in apps {
-                            print(&json!({"id": app.id, "name": app.name, "mode": app.mode, "workflow_id": app.current_version_id}));
-                        }
-                        ExitCode::SUCCESS
+            };
+            execute(&store, |store| async move {
+                let imported = manage::import(&store, &text, name, app.as_deref()).await.map_err(|error| match error {
+                    ManageError::InvalidDsl(errors) => {
+                        ManageError::InvalidDsl(errors.into_iter().map(|error| format!("{}: {error}", file.display())).collect())
                     }
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        ExitCode::from(FAILURE)
-                    }
-                }
-            }
+                    other => other,
+                })?;
+                Ok(Output::Json(imported.to_json()))
+            })
         }
-    })
+        AppsCommand::List { store } => execute(&store, |store| async move {
+            let apps = store.apps().await?;
+            Ok(Output::Lines(apps.iter().map(manage::app_json).collect()))
+        }),
+        AppsCommand::Get { app_id, store } => {
+            execute(&store, |store| async move { Ok(Output::Json(manage::app_details(&store, &app_id).await?)) })
+        }
+        AppsCommand::Export { app_id, workflow_id, store } => {
+            execute(&store, |store| async move { Ok(Output::Text(manage::export(&store, &app_id, workflow_id.as_deref()).await?)) })
+        }
+        AppsCommand::Delete { app_id, store } => execute(&store, |store| async move {
+            store.delete_app(&app_id).await?;
+            Ok(Output::Nothing)
+        }),
+        AppsCommand::Policy { app_id, log_detail, retention_days, limits, store } => {
+            let limits = match limits.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose() {
+                Ok(limits) => limits,
+                Err(error) => {
+                    eprintln!("error: --limits is not JSON: {error}");
+                    return ExitCode::from(USAGE);
+                }
+            };
+            let change = PolicyChange { log_detail, retention_days, limits };
+            execute(&store, |store| async move {
+                let app = manage::set_policy(&store, &app_id, change).await?;
+                Ok(Output::Json(manage::policy_json(&app)))
+            })
+        }
+    }
 }
 
 pub fn keys(command: KeysCommand) -> ExitCode {
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async {
-        match command {
-            KeysCommand::Create { app_id, store } => {
-                let store = match open(&store).await {
-                    Ok(store) => store,
-                    Err(code) => return code,
-                };
-                match store.create_key(&app_id).await {
-                    Ok((key, token)) => {
-                        print(&json!({"id": key.id, "app_id": app_id, "api_key": token}));
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        ExitCode::from(FAILURE)
-                    }
-                }
-            }
-        }
-    })
+    match command {
+        KeysCommand::Create { app_id, store } => execute(&store, |store| async move {
+            let (key, token) = store.create_key(&app_id).await?;
+            let mut value = manage::key_json(&key);
+            value["api_key"] = token.into();
+            Ok(Output::Json(value))
+        }),
+        KeysCommand::List { app_id, store } => execute(&store, |store| async move {
+            store.app(&app_id).await?;
+            Ok(Output::Lines(store.keys(&app_id).await?.iter().map(manage::key_json).collect()))
+        }),
+        KeysCommand::Revoke { app_id, key_id, store } => execute(&store, |store| async move {
+            manage::revoke_key(&store, &app_id, &key_id).await?;
+            Ok(Output::Nothing)
+        }),
+    }
 }
 
-pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, max_body_bytes: usize, grace: Duration, allow_network: &str) -> ExitCode {
+pub fn runs(command: RunsCommand) -> ExitCode {
+    match command {
+        RunsCommand::List { app_id, status, limit, page, store } => execute(&store, |store| async move {
+            store.app(&app_id).await?;
+            let query = LogQuery { status, limit, page, ..LogQuery::default() };
+            let page = store.runs(&app_id, &query).await?;
+            Ok(Output::Lines(page.data.iter().map(manage::run_summary_json).collect()))
+        }),
+        RunsCommand::Get { app_id, run_id, store } => {
+            execute(&store, |store| async move { Ok(Output::Json(manage::run_details(&store, &app_id, &run_id).await?)) })
+        }
+    }
+}
+
+async fn fail_orphaned_runs(store: &Store, instance_id: &str, instance_timeout: Duration) {
+    match store.fail_orphaned_runs(instance_id, instance_timeout).await {
+        Ok(0) => {}
+        Ok(count) => tracing::warn!(count, "runs left running by a stopped server were marked failed"),
+        Err(error) => tracing::error!(%error, "could not check for runs left by a stopped server"),
+    }
+}
+
+pub struct ServeOptions {
+    pub max_body_bytes: usize,
+    /// How long a shutdown waits for runs in progress.
+    pub grace: Duration,
+    pub allow_network: String,
+    /// How long a silent server is presumed alive.
+    pub instance_timeout: Duration,
+}
+
+pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptions) -> ExitCode {
+    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout } = options;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Only from the environment: a command-line argument would show in every process listing.
+    let admin_token = std::env::var("FLOWGATE_ADMIN_TOKEN").ok().map(|token| token.trim().to_owned()).filter(|token| !token.is_empty());
+    if let Some(token) = &admin_token
+        && token.chars().count() < crate::service::MIN_ADMIN_TOKEN_CHARS
+    {
+        eprintln!("error: FLOWGATE_ADMIN_TOKEN must be at least {} characters", crate::service::MIN_ADMIN_TOKEN_CHARS);
+        return ExitCode::from(USAGE);
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -248,17 +351,16 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, max_body_bytes: usi
             Ok(store) => store,
             Err(code) => return code,
         };
+        if admin_token.is_none() {
+            tracing::info!("management API off: set FLOWGATE_ADMIN_TOKEN to enable /admin/v1");
+        }
         let instance_id = uuid::Uuid::new_v4().to_string();
         if let Err(error) = store.register_instance(&instance_id).await {
             eprintln!("error: {error}");
             return ExitCode::from(FAILURE);
         }
-        match store.fail_orphaned_runs(&instance_id, Duration::from_secs(30)).await {
-            Ok(0) => {}
-            Ok(count) => tracing::warn!(count, "runs left running by a stopped server were marked failed"),
-            Err(error) => tracing::error!(%error, "could not check for runs left by a stopped server"),
-        }
-        let policy = match IpPolicy::from_allow_list(allow_network) {
+        fail_orphaned_runs(&store, &instance_id, instance_timeout).await;
+        let policy = match IpPolicy::from_allow_list(&allow_network) {
             Ok(policy) => policy,
             Err(error) => {
                 eprintln!("error: --allow-network: {error}");
@@ -274,18 +376,21 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, max_body_bytes: usi
         };
         let ports = Ports {
             http: Some(Arc::new(egress.clone())),
-            files: Some(Arc::new(LocalFiles::new(store.config().data_dir.join("files"), egress))),
+            files: Some(crate::service::StoreFiles::new(store.clone(), egress)),
             ..Ports::default()
         };
-        let state = Arc::new(crate::serve::ServerState::new(store.clone(), ports, instance_id.clone()));
+        let state = Arc::new(crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()));
         let heartbeat_store = store.clone();
         let heartbeat_id = instance_id.clone();
+        // Every beat also looks for servers that stopped beating (killed replicas, or this
+        // server's previous life) and fails the runs they left behind.
         let heartbeat = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(instance_timeout / 3).await;
                 if let Err(error) = heartbeat_store.heartbeat(&heartbeat_id).await {
                     tracing::warn!(%error, "heartbeat failed");
                 }
+                fail_orphaned_runs(&heartbeat_store, &heartbeat_id, instance_timeout).await;
             }
         });
         let purge_store = store.clone();
@@ -299,7 +404,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, max_body_bytes: usi
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
-        let result = crate::serve::serve(state, listen, max_body_bytes, grace).await;
+        let result = crate::service::serve(state, listen, max_body_bytes, grace).await;
         heartbeat.abort();
         purge.abort();
         let _ = store.unregister_instance(&instance_id).await;

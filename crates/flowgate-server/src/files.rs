@@ -59,23 +59,29 @@ impl FilePort for LocalFiles {
             tokio::fs::write(&path, &content)
                 .await
                 .map_err(|error| PortError::new(PortErrorKind::Other, format!("cannot write {}: {error}", path.display())))?;
-            let extension = filename
-                .rsplit_once('.')
-                .map(|(_, extension)| format!(".{}", extension.to_ascii_lowercase()))
-                .or_else(|| mime_extension(&mime_type));
-            Ok(File {
-                id: None,
-                kind: file_kind(extension.as_deref()).to_owned(),
-                transfer_method: "tool_file".into(),
-                remote_url: None,
-                related_id: Some(id),
-                filename: Some(if filename.is_empty() { format!("file{}", extension.clone().unwrap_or_default()) } else { filename }),
-                extension,
-                mime_type: Some(mime_type),
-                size: content.len() as i64,
-                url: Some(format!("file://{}", path.display())),
-            })
+            Ok(tool_file(id, content.len() as i64, mime_type, filename, Some(format!("file://{}", path.display()))))
         })
+    }
+}
+
+/// The description of a file a node made (Dify's tool files), named after `filename` or, when the
+/// node gave none, after its MIME type.
+pub fn tool_file(id: String, size: i64, mime_type: String, filename: String, url: Option<String>) -> File {
+    let extension = filename
+        .rsplit_once('.')
+        .map(|(_, extension)| format!(".{}", extension.to_ascii_lowercase()))
+        .or_else(|| mime_extension(&mime_type));
+    File {
+        id: None,
+        kind: file_kind(extension.as_deref()).to_owned(),
+        transfer_method: "tool_file".into(),
+        remote_url: None,
+        related_id: Some(id),
+        filename: Some(if filename.is_empty() { format!("file{}", extension.clone().unwrap_or_default()) } else { filename }),
+        extension,
+        mime_type: Some(mime_type),
+        size,
+        url,
     }
 }
 

@@ -2,8 +2,12 @@
 
 mod admin_cli;
 mod api_error;
+mod cache;
 mod files;
-mod serve;
+mod limits;
+mod manage;
+mod metrics;
+mod service;
 mod wire;
 
 use std::io::Write;
@@ -54,21 +58,30 @@ enum Command {
         /// Addresses HTTP nodes may reach although they are not public (CIDRs, comma-separated).
         #[arg(long, env = "FLOWGATE_EGRESS_ALLOW", default_value = "")]
         allow_network: String,
+        /// After how many seconds without a heartbeat a server (replica) is presumed dead and
+        /// its unfinished runs are marked failed.
+        #[arg(long, env = "FLOWGATE_INSTANCE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+        instance_timeout: u64,
     },
     /// Bring the database schema up to date and exit.
     Migrate {
         #[command(flatten)]
         store: admin_cli::StoreArgs,
     },
-    /// Import, list and export apps.
+    /// Import, list, show, export and delete apps; set their policy.
     Apps {
         #[command(subcommand)]
         command: admin_cli::AppsCommand,
     },
-    /// Issue and revoke app API keys.
+    /// Issue, list and revoke app API keys.
     Keys {
         #[command(subcommand)]
         command: admin_cli::KeysCommand,
+    },
+    /// Browse an app's runs and their node executions.
+    Runs {
+        #[command(subcommand)]
+        command: admin_cli::RunsCommand,
     },
     /// Run a workflow or chatflow DSL once and print its result as JSON.
     Run {
@@ -105,12 +118,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network } => {
-            admin_cli::serve(listen, store, max_body_bytes, Duration::from_secs(shutdown_grace), &allow_network)
-        }
+        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout } => admin_cli::serve(
+            listen,
+            store,
+            admin_cli::ServeOptions {
+                max_body_bytes,
+                grace: Duration::from_secs(shutdown_grace),
+                allow_network,
+                instance_timeout: Duration::from_secs(instance_timeout),
+            },
+        ),
         Command::Migrate { store } => admin_cli::migrate(store),
         Command::Apps { command } => admin_cli::apps(command),
         Command::Keys { command } => admin_cli::keys(command),
+        Command::Runs { command } => admin_cli::runs(command),
         Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time } => {
             let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time };
             run(&file, options)

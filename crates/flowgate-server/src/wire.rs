@@ -180,6 +180,15 @@ impl WireContext {
         }
     }
 
+    /// Dify's `error` stream event, which ends a stream.
+    pub fn error_event(&self, code: &str, message: &str, status: u16) -> Json {
+        let mut object = self.envelope("error", now());
+        object.insert("code".into(), code.into());
+        object.insert("message".into(), message.into());
+        object.insert("status".into(), status.into());
+        Json::Object(object)
+    }
+
     pub fn workflow_finished(&self, summary: &RunSummary) -> Json {
         json!({
             "id": &*summary.run_id,
@@ -204,7 +213,7 @@ fn now() -> i64 {
 }
 
 /// Token usage in `message_end` (prices are zero until the gateway reports them).
-fn usage_json(summary: &RunSummary) -> Json {
+pub fn usage_json(summary: &RunSummary) -> Json {
     json!({
         "prompt_tokens": 0,
         "prompt_unit_price": "0.0",

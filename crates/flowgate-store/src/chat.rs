@@ -195,15 +195,22 @@ impl ConversationOrder {
 }
 
 impl Store {
-    pub async fn create_conversation(&self, app_id: &str, end_user_id: &str, inputs: &Json) -> Result<Conversation, StoreError> {
+    pub async fn create_conversation(
+        &self,
+        app_id: &str,
+        end_user_id: &str,
+        name: &str,
+        inputs: &Json,
+    ) -> Result<Conversation, StoreError> {
         let id = new_id();
         let now = now();
         write!(self, |pool| sqlx::query(
-            "INSERT INTO conversations (id, app_id, end_user_id, inputs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)"
+            "INSERT INTO conversations (id, app_id, end_user_id, name, inputs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)"
         )
         .bind(&id)
         .bind(app_id)
         .bind(end_user_id)
+        .bind(name)
         .bind(inputs.to_string())
         .bind(now)
         .execute(pool)
@@ -214,7 +221,7 @@ impl Store {
             id,
             app_id: app_id.to_owned(),
             end_user_id: end_user_id.to_owned(),
-            name: String::new(),
+            name: name.to_owned(),
             inputs: inputs.clone(),
             status: "normal".into(),
             dialogue_count: 0,

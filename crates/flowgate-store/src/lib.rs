@@ -18,7 +18,7 @@ pub mod recorder;
 mod retention;
 mod runs;
 
-pub use apps::{ApiKey, App, AppVersion, LogDetail, NewApp, iso8601};
+pub use apps::{ApiKey, App, AppVersion, LogDetail, NewApp, iso8601, token_hash};
 pub use chat::{Conversation, ConversationOrder, ConversationVariable, Feedback, Message, NewMessage, UploadFile};
 pub use db::{Backend, Store, StoreConfig};
 pub use error::StoreError;
@@ -30,6 +30,8 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
+/// A new id. Time-ordered (UUIDv7), so rows created in the same second still sort in the
+/// order they were made (messages of a conversation, conversations of a user).
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }

@@ -3,11 +3,15 @@
 // A failed set-up step should stop the test with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod cli;
 mod conformance;
 mod corpus;
+mod harness;
 mod http_fixture;
+mod operations;
 mod python;
+mod sdk;
 mod serve;
 
 use std::sync::OnceLock;

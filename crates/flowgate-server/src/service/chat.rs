@@ -1,0 +1,317 @@
+//! Chatflows (advanced-chat apps): `POST /chat-messages`, `GET /messages`, feedback.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value as Json_, json};
+
+use flowgate_engine::value::Value;
+use flowgate_engine::{RunRequest, RunStatus};
+use flowgate_store::{App, Conversation, Message, NewMessage, StoreError};
+
+use super::launch::{Launch, Launched, Turn, launch, run_failed_message};
+use super::{Body, Params, Shared, files, is_uuid, required_user, streaming_mode};
+use crate::api_error::ApiError;
+use crate::wire::{Envelope, WireContext};
+
+pub fn conversation_not_found() -> ApiError {
+    ApiError::not_found("Conversation Not Exists.")
+}
+
+/// Chat routes serve advanced-chat apps; the model-config chat apps wait for the gateway.
+pub fn require_chat_app(app: &App) -> Result<(), ApiError> {
+    match app.mode.as_str() {
+        "advanced-chat" => Ok(()),
+        "chat" | "agent-chat" => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "app_unavailable",
+            format!("not supported yet: {} apps (model_config apps run once the model gateway lands)", app.mode),
+        )),
+        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "not_chat_app", "Please check if your app mode matches the right API route.")),
+    }
+}
+
+/// A conversation's name when the client asks for one to be generated. Dify asks a model and
+/// falls back to the query itself; flowgate uses the query (a model-made name needs the gateway).
+pub fn generated_name(query: &str) -> String {
+    let name = query.trim();
+    if name.chars().count() > 75 { format!("{}...", name.chars().take(75).collect::<String>()) } else { name.to_owned() }
+}
+
+/// `POST /chat-messages`.
+pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): Body) -> Result<Response, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    require_chat_app(&app)?;
+    let query = match body.get("query") {
+        Some(Json_::String(query)) => query.replace('\0', ""),
+        Some(_) => return Err(ApiError::invalid_param("query must be a string").with_param("query")),
+        None => return Err(ApiError::invalid_param("query is required").with_param("query")),
+    };
+    let Some(Json_::Object(request_inputs)) = body.get("inputs") else {
+        return Err(ApiError::invalid_param("inputs is required and must be an object").with_param("inputs"));
+    };
+    let user = required_user(&body)?;
+    let streaming = streaming_mode(&body)?;
+    let conversation_id = match body.get("conversation_id") {
+        None | Some(Json_::Null) => None,
+        Some(Json_::String(id)) if id.is_empty() => None,
+        Some(Json_::String(id)) if is_uuid(id) => Some(id.clone()),
+        Some(_) => return Err(ApiError::invalid_param("conversation_id must be a UUID").with_param("conversation_id")),
+    };
+    let auto_generate_name = match body.get("auto_generate_name") {
+        None | Some(Json_::Null) => true,
+        Some(Json_::Bool(flag)) => *flag,
+        Some(_) => return Err(ApiError::invalid_param("auto_generate_name must be a boolean").with_param("auto_generate_name")),
+    };
+    let version_id = match body.get("workflow_id") {
+        None | Some(Json_::Null) => app.current_version_id.clone().ok_or_else(|| ApiError::not_found("Workflow not found."))?,
+        Some(Json_::String(id)) if is_uuid(id) => {
+            let version = state.store.version(id).await.map_err(|_| ApiError::not_found("Workflow not found."))?;
+            if version.app_id != app.id {
+                return Err(ApiError::not_found("Workflow not found."));
+            }
+            version.id
+        }
+        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "workflow_id_format_error", "Invalid workflow_id format.")),
+    };
+    let compiled = state.compiled(&version_id).await?;
+    let end_user_id = state.end_user(&app.id, &user).await?;
+    let existing = match &conversation_id {
+        Some(id) => Some(state.store.conversation(&app.id, &end_user_id, id).await.map_err(|error| match error {
+            StoreError::NotFound(_) => conversation_not_found(),
+            other => other.into(),
+        })?),
+        None => None,
+    };
+    // Later turns run with the inputs the conversation started with, as in Dify.
+    let inputs_json = match &existing {
+        Some(conversation) => conversation.inputs.as_object().cloned().unwrap_or_default(),
+        None => request_inputs.clone(),
+    };
+    let resolved = files::resolve_inputs(&state, &app, &compiled.plan.start_variables, &inputs_json, body.get("files")).await?;
+    let slot = state.run_slot(&app).await?;
+    let (conversation, persisted) = match existing {
+        Some(conversation) => {
+            let persisted = state.store.conversation_variables(&conversation.id).await?;
+            (conversation, persisted)
+        }
+        None => {
+            let name = if auto_generate_name { generated_name(&query) } else { "New conversation".to_owned() };
+            let conversation = state.store.create_conversation(&app.id, &end_user_id, &name, &Json_::Object(inputs_json.clone())).await?;
+            (conversation, Vec::new())
+        }
+    };
+    let conversation_variables: HashMap<String, Value> =
+        persisted.into_iter().map(|variable| (variable.name, Value::from(&variable.value))).collect();
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let message_id = flowgate_store::new_id();
+    let dialogue_count = state
+        .store
+        .begin_turn(&NewMessage {
+            id: message_id.clone(),
+            app_id: app.id.clone(),
+            conversation_id: conversation.id.clone(),
+            end_user_id: end_user_id.clone(),
+            workflow_run_id: Some(run_id.clone()),
+            inputs: Json_::Object(inputs_json),
+            query: query.clone(),
+            files: body.get("files").filter(|files| files.is_array()).cloned().unwrap_or_else(|| json!([])),
+        })
+        .await?;
+    let wire = WireContext {
+        task_id: task_id.clone(),
+        run_id: run_id.clone(),
+        user: user.clone(),
+        end_user_id: end_user_id.clone(),
+        envelope: Envelope::Chat { conversation_id: conversation.id.clone(), message_id: message_id.clone() },
+    };
+    let request = RunRequest {
+        query: Some(query),
+        files: resolved.files,
+        user_id: user,
+        app_id: app.id.clone(),
+        workflow_id: version_id.clone(),
+        run_id: Some(run_id),
+        conversation_id: Some(conversation.id.clone()),
+        dialogue_count: Some(dialogue_count),
+        conversation_variables,
+        ..RunRequest::default()
+    };
+    let turn = Turn {
+        conversation_id: conversation.id.clone(),
+        message_id: message_id.clone(),
+        declared: compiled.conversation_variables().to_vec(),
+    };
+    let launched = launch(
+        &state,
+        Launch {
+            app,
+            version_id,
+            plan: compiled.plan.clone(),
+            prepared: resolved.inputs,
+            request,
+            wire,
+            end_user_id,
+            streaming,
+            turn: Some(turn),
+            slot,
+        },
+    );
+    let handle = match launched {
+        Launched::Stream(response) => return Ok(response),
+        Launched::Blocking(handle) => handle,
+    };
+    let summary = handle.await.map_err(|_| ApiError::internal())?;
+    if summary.status == RunStatus::Failed {
+        return Err(ApiError::invalid_param(run_failed_message(&summary)));
+    }
+    Ok(Json(json!({
+        "event": "message",
+        "task_id": task_id,
+        "id": message_id,
+        "message_id": message_id,
+        "conversation_id": conversation.id,
+        "mode": "advanced-chat",
+        "answer": summary.answer,
+        "metadata": {"usage": crate::wire::usage_json(&summary), "retriever_resources": []},
+        "created_at": summary.created_at,
+    }))
+    .into_response())
+}
+
+fn message_json(message: &Message) -> Json_ {
+    json!({
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "parent_message_id": message.parent_message_id,
+        "inputs": message.inputs,
+        "query": message.query,
+        "answer": message.answer,
+        "message_files": [],
+        "feedback": message.feedback_rating.as_ref().map(|rating| json!({"rating": rating})),
+        "retriever_resources": [],
+        "created_at": message.created_at,
+        "agent_thoughts": [],
+        "status": message.status,
+        "error": message.error,
+    })
+}
+
+/// `GET /messages?conversation_id&user&first_id&limit`: the newest page first, each page in
+/// chronological order.
+pub async fn messages(State(state): State<Shared>, headers: HeaderMap, params: Params) -> Result<Json<Json_>, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    require_chat_app(&app)?;
+    let user = params.user()?;
+    let conversation_id = params
+        .text("conversation_id")
+        .filter(|id| is_uuid(id))
+        .ok_or_else(|| ApiError::invalid_param("conversation_id is required and must be a UUID").with_param("conversation_id"))?;
+    let limit = params.int("limit", 20, 1..=100)?;
+    let end_user_id = state.end_user(&app.id, user).await?;
+    let conversation = conversation_for(&state, &app, &end_user_id, conversation_id).await?;
+    let (messages, has_more) =
+        state.store.messages(&conversation.id, params.text("first_id"), limit).await.map_err(|error| match error {
+            StoreError::NotFound(_) => ApiError::not_found("First Message Not Exists."),
+            other => other.into(),
+        })?;
+    Ok(Json(json!({"limit": limit, "has_more": has_more, "data": messages.iter().map(message_json).collect::<Vec<_>>()})))
+}
+
+pub async fn conversation_for(state: &Shared, app: &App, end_user_id: &str, id: &str) -> Result<Conversation, ApiError> {
+    if !is_uuid(id) {
+        return Err(conversation_not_found());
+    }
+    state.store.conversation(&app.id, end_user_id, id).await.map_err(|error| match error {
+        StoreError::NotFound(_) => conversation_not_found(),
+        other => other.into(),
+    })
+}
+
+/// `POST /messages/{id}/feedbacks` `{rating: like|dislike|null, user, content?}`.
+pub async fn feedback(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(message_id): Path<String>,
+    Body(body): Body,
+) -> Result<Json<Json_>, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    let user = required_user(&body)?;
+    let rating = match body.get("rating") {
+        None | Some(Json_::Null) => None,
+        Some(Json_::String(rating)) if rating == "like" || rating == "dislike" => Some(rating.clone()),
+        Some(_) => return Err(ApiError::invalid_param("rating must be like, dislike or null").with_param("rating")),
+    };
+    let content = match body.get("content") {
+        None | Some(Json_::Null) => None,
+        Some(Json_::String(content)) => Some(content.clone()),
+        Some(_) => return Err(ApiError::invalid_param("content must be a string").with_param("content")),
+    };
+    let end_user_id = state.end_user(&app.id, &user).await?;
+    let not_found = || ApiError::not_found("Message Not Exists.");
+    if !is_uuid(&message_id) {
+        return Err(not_found());
+    }
+    let message = state.store.message(&app.id, &message_id).await.map_err(|error| match error {
+        StoreError::NotFound(_) => not_found(),
+        other => other.into(),
+    })?;
+    if message.end_user_id != end_user_id {
+        return Err(not_found());
+    }
+    state.store.set_feedback(&message, &end_user_id, rating.as_deref(), content.as_deref()).await?;
+    Ok(Json(json!({"result": "success"})))
+}
+
+/// `GET /messages/{id}/suggested`: questions after an answer need a model.
+pub async fn suggested(State(state): State<Shared>, headers: HeaderMap, params: Params) -> Result<Json<Json_>, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    require_chat_app(&app)?;
+    params.user()?;
+    let (_, compiled) = state.current(&app).await?;
+    let enabled = compiled.features.pointer("/suggested_questions_after_answer/enabled").and_then(Json_::as_bool).unwrap_or(false);
+    if !enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "app_suggested_questions_after_answer_disabled",
+            "Function Suggested questions after answer disabled.",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "app_unavailable",
+        "not supported yet: suggested questions after an answer (they need the model gateway)",
+    ))
+}
+
+/// `GET /app/feedbacks?page&limit`.
+pub async fn app_feedbacks(State(state): State<Shared>, headers: HeaderMap, params: Params) -> Result<Json<Json_>, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    let page = params.int("page", 1, 1..=99_999)?;
+    let limit = params.int("limit", 20, 1..=101)?;
+    let feedbacks = state.store.feedbacks(&app.id, page, limit).await?;
+    let naive = |seconds: i64| flowgate_store::iso8601(seconds).trim_end_matches('Z').to_owned();
+    let data: Vec<Json_> = feedbacks
+        .iter()
+        .map(|feedback| {
+            json!({
+                "id": feedback.id,
+                "app_id": feedback.app_id,
+                "conversation_id": feedback.conversation_id,
+                "message_id": feedback.message_id,
+                "rating": feedback.rating,
+                "content": feedback.content,
+                "from_source": "api",
+                "from_end_user_id": feedback.end_user_id,
+                "from_account_id": null,
+                "created_at": naive(feedback.created_at),
+                "updated_at": naive(feedback.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}

@@ -1,0 +1,183 @@
+//! Starting a run for the Service API: the run log, the stop handle, the SSE stream, and for
+//! chatflows the turn's message and conversation variables, saved before the client hears the
+//! run has ended (so a client's next call sees them).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value as Json, json};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use flowgate_engine::plan::DeclaredVariable;
+use flowgate_engine::{Map, Plan, RunControl, RunEvent, RunRequest, RunSummary};
+use flowgate_store::recorder::{NodeRecord, RunStart};
+use flowgate_store::{App, ConversationVariable};
+
+use super::{Shared, Task};
+use crate::wire::WireContext;
+
+const PING_EVERY: Duration = Duration::from_secs(10);
+
+/// A chatflow turn: what to save when its run ends.
+pub struct Turn {
+    pub conversation_id: String,
+    pub message_id: String,
+    pub declared: Vec<DeclaredVariable>,
+}
+
+pub struct Launch {
+    pub app: App,
+    pub version_id: String,
+    pub plan: Arc<Plan>,
+    pub prepared: Map,
+    pub request: RunRequest,
+    pub wire: WireContext,
+    pub end_user_id: String,
+    pub streaming: bool,
+    pub turn: Option<Turn>,
+    /// The app's concurrency slot, released when the run ends.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+pub enum Launched {
+    /// The run's events as they happen; the run goes on if the client leaves.
+    Stream(Response),
+    /// The run, to be awaited by a blocking request.
+    Blocking(JoinHandle<RunSummary>),
+}
+
+/// Starts the run on its own task.
+pub fn launch(state: &Shared, launch: Launch) -> Launched {
+    let Launch { app, version_id, plan, prepared, request, wire, end_user_id, streaming, turn, slot } = launch;
+    let run_id = wire.run_id.clone();
+    state.recorder.run_started(RunStart {
+        id: run_id.clone(),
+        app_id: app.id.clone(),
+        version_id,
+        task_id: wire.task_id.clone(),
+        end_user_id: Some(end_user_id),
+        conversation_id: turn.as_ref().map(|turn| turn.conversation_id.clone()),
+        message_id: turn.as_ref().map(|turn| turn.message_id.clone()),
+        created_from: "service-api".into(),
+        detail: app.log_detail,
+        retention_days: app.retention_days,
+        inputs: Arc::new(prepared.clone()),
+        instance_id: state.instance_id.clone(),
+        created_at: flowgate_store::now(),
+    });
+    let control = RunControl::new();
+    if let Ok(mut tasks) = state.tasks.lock() {
+        tasks.insert(wire.task_id.clone(), Task { app_id: app.id.clone(), control: control.clone() });
+    }
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<Json>();
+    let app_id = app.id.clone();
+    let state = state.clone();
+    let handle = tokio::spawn(async move {
+        let recorder = state.recorder.clone();
+        let metrics = &state.metrics;
+        let run_key: Arc<str> = Arc::from(run_id.as_str());
+        // The closing events wait until the turn is saved.
+        let mut closing = Vec::new();
+        let mut sink = |event: RunEvent| {
+            match &event {
+                RunEvent::NodeFinished(finished) => {
+                    metrics.node_finished(&finished.info.node_type, finished.elapsed);
+                    recorder.node_finished(run_key.clone(), NodeRecord::from_finished(finished));
+                }
+                RunEvent::IterationCompleted(completed) | RunEvent::LoopCompleted(completed) => {
+                    recorder.node_finished(run_key.clone(), NodeRecord::from_container(completed, flowgate_store::now()));
+                }
+                _ => {}
+            }
+            if streaming {
+                let payloads = wire.encode(&event);
+                if matches!(event, RunEvent::WorkflowFinished(_)) {
+                    closing = payloads;
+                } else {
+                    for payload in payloads {
+                        let _ = events_tx.send(payload);
+                    }
+                }
+            }
+        };
+        let summary = state.engine.run_prepared(&plan, prepared, &request, &mut sink, Some(&control)).await;
+        recorder.run_finished(run_key, summary.clone());
+        if let Some(turn) = &turn {
+            save_turn(&state, turn, &request, &summary).await;
+            if summary.status == flowgate_engine::RunStatus::Failed {
+                // Dify ends a failed chatflow turn with an error event instead of message_end.
+                closing.truncate(1);
+                closing.push(wire.error_event("invalid_param", &run_failed_message(&summary), 400));
+            }
+        }
+        for payload in closing {
+            let _ = events_tx.send(payload);
+        }
+        if let Ok(mut tasks) = state.tasks.lock() {
+            tasks.remove(&wire.task_id);
+        }
+        drop(slot);
+        state.metrics.run_finished(&app_id, summary.status.as_str(), summary.elapsed);
+        summary
+    });
+    if streaming { Launched::Stream(sse_response(events_rx)) } else { Launched::Blocking(handle) }
+}
+
+pub fn run_failed_message(summary: &RunSummary) -> String {
+    format!("Run failed: {}", summary.error.as_deref().unwrap_or_default())
+}
+
+async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &RunSummary) {
+    let now = flowgate_store::now();
+    let variables: Vec<ConversationVariable> = turn
+        .declared
+        .iter()
+        .map(|declared| ConversationVariable {
+            id: declared.id.clone(),
+            name: declared.name.to_string(),
+            value_type: declared.value_type_name.clone(),
+            value: summary
+                .conversation_variables
+                .get(&*declared.name)
+                .or_else(|| request.conversation_variables.get(&*declared.name))
+                .map_or(Json::Null, |value| serde_json::to_value(value).unwrap_or(Json::Null)),
+            description: declared.description.clone(),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let error = (summary.status == flowgate_engine::RunStatus::Failed).then(|| run_failed_message(summary));
+    let metadata = json!({"usage": {"total_tokens": summary.total_tokens, "latency": summary.elapsed}, "retriever_resources": []});
+    let saved =
+        state.store.end_turn(&turn.message_id, &summary.answer, error.as_deref(), &metadata, &turn.conversation_id, &variables).await;
+    if let Err(error) = saved {
+        tracing::error!(%error, message_id = %turn.message_id, "could not save a chat turn");
+    }
+}
+
+/// Dify's SSE framing: `data: {json}\n\n` per event and `event: ping\n\n` every ten seconds.
+pub fn sse_response(events: mpsc::UnboundedReceiver<Json>) -> Response {
+    let data = receiver_stream(events).map(|payload| Ok::<_, Infallible>(Event::default().data(payload.to_string())));
+    let pings = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(PING_EVERY).await;
+        Some((Ok::<_, Infallible>(Event::default().event("ping")), ()))
+    });
+    let stream = futures::stream::select(data.map(Some).chain(futures::stream::once(async { None })), pings.map(Some))
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready);
+    let mut response = Sse::new(stream).into_response();
+    response.headers_mut().insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn receiver_stream<T: Send + 'static>(mut receiver: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
+}

@@ -1,0 +1,416 @@
+//! `flowgate serve`: Dify's Service API over the store and the engine.
+
+mod admin;
+mod app_info;
+mod chat;
+mod conversations;
+mod files;
+mod launch;
+mod workflows;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde_json::{Value as Json_, json};
+use tokio::sync::OwnedSemaphorePermit;
+
+use flowgate_dsl::Document;
+use flowgate_engine::plan::DeclaredVariable;
+use flowgate_engine::{Engine, Plan, Ports, RunControl};
+use flowgate_store::recorder::Recorder;
+use flowgate_store::{App, Store, StoreError};
+
+use crate::api_error::ApiError;
+use crate::cache::TtlCache;
+use crate::limits::{AppLimits, Limiter};
+use crate::metrics::{Gauges, Metrics};
+
+pub use admin::MIN_ADMIN_TOKEN_CHARS;
+pub use files::StoreFiles;
+
+/// A published app version, compiled once.
+pub struct Compiled {
+    plan: Arc<Plan>,
+    /// The workflow's `features` block (opening statement, file upload settings, …).
+    features: Json_,
+    /// The start node's variables as written, for `/parameters`' `user_input_form`.
+    start_variables: Json_,
+}
+
+impl Compiled {
+    fn conversation_variables(&self) -> &[DeclaredVariable] {
+        &self.plan.conversation
+    }
+}
+
+/// A run in progress, for the stop endpoints.
+struct Task {
+    app_id: String,
+    control: RunControl,
+}
+
+pub struct ServerState {
+    store: Store,
+    recorder: Recorder,
+    engine: Engine,
+    instance_id: String,
+    versions: RwLock<HashMap<String, Arc<Compiled>>>,
+    /// Token → app id. A revoked key stops working within [`HOT_CACHE`].
+    keys: TtlCache<String, String>,
+    /// App rows, so a policy change is seen within [`HOT_CACHE`].
+    apps: TtlCache<String, App>,
+    /// (app id, `user`) → end-user id; end users never change once created.
+    end_users: TtlCache<(String, String), String>,
+    tasks: Mutex<HashMap<String, Task>>,
+    limiter: Limiter,
+    pub metrics: Metrics,
+    /// SHA-256 of `FLOWGATE_ADMIN_TOKEN`; without it the management API is off.
+    admin_token_hash: Option<String>,
+}
+
+/// Past this many unwritten run-log operations new runs are refused (503) until the database
+/// catches up, so a slow database cannot grow memory without bound.
+const RECORDER_BACKLOG_LIMIT: usize = 500_000;
+
+const HOT_CACHE: Duration = Duration::from_secs(1);
+
+type Shared = Arc<ServerState>;
+
+impl ServerState {
+    pub fn new(store: Store, ports: Ports, instance_id: String, admin_token: Option<&str>) -> Self {
+        let recorder = Recorder::start(store.clone());
+        Self {
+            store,
+            recorder,
+            engine: Engine::new(ports),
+            instance_id,
+            versions: RwLock::new(HashMap::new()),
+            keys: TtlCache::new(HOT_CACHE, 10_000),
+            apps: TtlCache::new(HOT_CACHE, 10_000),
+            end_users: TtlCache::new(Duration::from_secs(3600), 100_000),
+            tasks: Mutex::new(HashMap::new()),
+            limiter: Limiter::default(),
+            metrics: Metrics::default(),
+            admin_token_hash: admin_token.map(flowgate_store::token_hash),
+        }
+    }
+
+    fn limits(app: &App) -> AppLimits {
+        AppLimits::parse(&app.limits).unwrap_or_else(|error| {
+            tracing::warn!(app_id = %app.id, %error, "ignoring an unreadable limits policy");
+            AppLimits::default()
+        })
+    }
+
+    /// Admission for a new run: the run log must keep up, and the app's concurrency limit has a
+    /// slot (waiting in line for one). The slot is held until the run ends.
+    async fn run_slot(&self, app: &App) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        if self.recorder.stats().backlog.load(Ordering::Relaxed) > RECORDER_BACKLOG_LIMIT {
+            return Err(ApiError::unavailable("The run log is behind; please retry shortly.", 1));
+        }
+        self.limiter.run_slot(&app.id, &Self::limits(app)).await
+    }
+
+    /// The app a request's `Authorization: Bearer app-...` header names.
+    async fn app_for_key(&self, headers: &HeaderMap) -> Result<App, ApiError> {
+        let (app, token) = self.authenticate(headers).await?;
+        self.limiter.admit(&app.id, token, &Self::limits(&app))?;
+        Ok(app)
+    }
+
+    async fn authenticate<'h>(&self, headers: &'h HeaderMap) -> Result<(App, &'h str), ApiError> {
+        let header = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).unwrap_or_default();
+        let Some((scheme, token)) = header.split_once(' ') else {
+            return Err(ApiError::unauthorized("Authorization header must be provided and start with 'Bearer'"));
+        };
+        if scheme != "Bearer" {
+            return Err(ApiError::unauthorized("Authorization scheme must be 'Bearer'"));
+        }
+        let token = token.trim();
+        let app_id = match self.keys.get(token) {
+            Some(app_id) => app_id,
+            None => {
+                let app_id = self.store.app_for_token(token).await?.ok_or_else(|| ApiError::unauthorized("Access token is invalid"))?;
+                self.keys.insert(token.to_owned(), app_id.clone());
+                app_id
+            }
+        };
+        if let Some(app) = self.apps.get(&app_id) {
+            return Ok((app, token));
+        }
+        match self.store.app(&app_id).await {
+            Ok(app) => {
+                self.apps.insert(app_id, app.clone());
+                Ok((app, token))
+            }
+            Err(StoreError::NotFound(_)) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "app_unavailable", "App unavailable, please check your app configurations."))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn end_user(&self, app_id: &str, user: &str) -> Result<String, ApiError> {
+        let key = (app_id.to_owned(), user.to_owned());
+        if let Some(id) = self.end_users.get(&key) {
+            return Ok(id);
+        }
+        let id = self.store.end_user(app_id, user).await?;
+        self.end_users.insert(key, id.clone());
+        Ok(id)
+    }
+
+    async fn compiled(&self, version_id: &str) -> Result<Arc<Compiled>, ApiError> {
+        if let Some(compiled) = self.versions.read().ok().and_then(|versions| versions.get(version_id).cloned()) {
+            return Ok(compiled);
+        }
+        let version = self.store.version(version_id).await?;
+        let document =
+            Document::load(&version.dsl).map_err(|error| ApiError::invalid_param(format!("the app's DSL cannot be read: {error}")))?;
+        let plan = Plan::compile(&document).map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "app_unavailable",
+                format!("App unavailable, please check your app configurations: {error}"),
+            )
+        })?;
+        let features = document.workflow.as_ref().map_or(Json_::Null, |workflow| workflow.features.clone());
+        let start_variables = document
+            .workflow
+            .as_ref()
+            .and_then(|workflow| workflow.graph.nodes.iter().find(|node| node.node_type == "start" && node.container.is_none()))
+            .and_then(|node| node.raw.get("variables").cloned())
+            .unwrap_or_else(|| json!([]));
+        let compiled = Arc::new(Compiled { plan: Arc::new(plan), features, start_variables });
+        if let Ok(mut versions) = self.versions.write() {
+            versions.insert(version_id.to_owned(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    /// The app's published version.
+    async fn current(&self, app: &App) -> Result<(String, Arc<Compiled>), ApiError> {
+        let version_id = app.current_version_id.clone().ok_or_else(|| ApiError::not_found("Workflow not found."))?;
+        let compiled = self.compiled(&version_id).await?;
+        Ok((version_id, compiled))
+    }
+}
+
+/// A JSON body, with Dify's errors for bodies that are not JSON objects.
+pub struct Body(pub serde_json::Map<String, Json_>);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|error| {
+            if error.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { ApiError::invalid_param(error.body_text()) }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(serde_json::Map::new()));
+        }
+        match serde_json::from_slice::<Json_>(&bytes) {
+            Ok(Json_::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::invalid_param("The request body must be a JSON object.")),
+            Err(error) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("The browser (or proxy) sent a request that this server could not understand: {error}"),
+            )),
+        }
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_entity_too_large", "The request body is too large.")
+}
+
+/// Query-string parameters.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|query| Self(query.0))
+            .map_err(|error| ApiError::invalid_param(error.body_text()))
+    }
+}
+
+impl Params {
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|text| !text.is_empty())
+    }
+
+    fn user(&self) -> Result<&str, ApiError> {
+        self.text("user").ok_or_else(|| ApiError::invalid_param("user is required").with_param("user"))
+    }
+
+    /// An integer in `range`, `default` when absent.
+    fn int(&self, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
+        match self.text(name) {
+            None => Ok(default),
+            Some(text) => text.parse::<i64>().ok().filter(|value| range.contains(value)).ok_or_else(|| {
+                ApiError::invalid_param(format!("{name} must be an integer between {} and {}", range.start(), range.end())).with_param(name)
+            }),
+        }
+    }
+}
+
+fn required_user(body: &serde_json::Map<String, Json_>) -> Result<String, ApiError> {
+    match body.get("user") {
+        Some(Json_::String(user)) if !user.is_empty() => Ok(user.clone()),
+        _ => Err(ApiError::invalid_param("user is required").with_param("user")),
+    }
+}
+
+fn streaming_mode(body: &serde_json::Map<String, Json_>) -> Result<bool, ApiError> {
+    match body.get("response_mode") {
+        None | Some(Json_::Null) => Ok(false),
+        Some(Json_::String(mode)) if mode == "blocking" => Ok(false),
+        Some(Json_::String(mode)) if mode == "streaming" => Ok(true),
+        Some(_) => Err(ApiError::invalid_param("response_mode must be blocking or streaming").with_param("response_mode")),
+    }
+}
+
+fn is_uuid(text: &str) -> bool {
+    uuid::Uuid::parse_str(text).is_ok()
+}
+
+pub fn router(state: Shared, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/v1/", get(welcome))
+        .route("/v1", get(welcome))
+        .route("/v1/workflows/run", post(workflows::run))
+        .route("/v1/workflows/{workflow_id}/run", post(workflows::run_version))
+        .route("/v1/workflows/run/{run_id}", get(workflows::get_run))
+        .route("/v1/workflows/tasks/{task_id}/stop", post(stop_task))
+        .route("/v1/workflows/logs", get(workflows::logs))
+        .route("/v1/chat-messages", post(chat::send))
+        .route("/v1/chat-messages/{task_id}/stop", post(stop_task))
+        .route("/v1/messages", get(chat::messages))
+        .route("/v1/messages/{message_id}/feedbacks", post(chat::feedback))
+        .route("/v1/messages/{message_id}/suggested", get(chat::suggested))
+        .route("/v1/app/feedbacks", get(chat::app_feedbacks))
+        .route("/v1/conversations", get(conversations::list))
+        .route("/v1/conversations/{conversation_id}", delete(conversations::remove))
+        .route("/v1/conversations/{conversation_id}/name", post(conversations::rename))
+        .route("/v1/conversations/{conversation_id}/variables", get(conversations::variables))
+        .route("/v1/conversations/{conversation_id}/variables/{variable_id}", put(conversations::update_variable))
+        .route("/v1/files/upload", post(files::upload))
+        .route("/v1/parameters", get(app_info::parameters))
+        .route("/v1/info", get(app_info::info))
+        .route("/v1/site", get(app_info::site))
+        .route("/v1/meta", get(app_info::meta))
+        .route("/metrics", get(metrics))
+        .merge(admin::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn count_request(State(state): State<Shared>, request: Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|path| path.as_str().to_owned()).unwrap_or_default();
+    let response = next.run(request).await;
+    state.metrics.request(method.as_str(), &route, response.status().as_u16());
+    response
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let (pool_in_use, pool_size) = state.store.pool_usage();
+    let stats = state.recorder.stats();
+    let gauges = Gauges {
+        pool_in_use,
+        pool_size,
+        pool_max: state.store.config().max_connections,
+        recorder_backlog: stats.backlog.load(Ordering::Relaxed),
+        recorder_batches: stats.batches.load(Ordering::Relaxed),
+        recorder_rows: stats.rows_written.load(Ordering::Relaxed),
+        recorder_errors: stats.write_errors.load(Ordering::Relaxed),
+        runs_in_progress: state.tasks.lock().map(|tasks| tasks.len()).unwrap_or(0),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.",
+    )
+}
+
+async fn ready(State(state): State<Shared>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "database": state.store.backend().as_str()})).into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "error": error.to_string()}))).into_response(),
+    }
+}
+
+async fn welcome() -> Json<Json_> {
+    Json(json!({"welcome": "Dify OpenAPI", "api_version": "v1", "server_version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `POST /workflows/tasks/{id}/stop` and `POST /chat-messages/{id}/stop`: Dify answers success
+/// whether or not the task is still running.
+async fn stop_task(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Path(task_id): axum::extract::Path<String>,
+    Body(body): Body,
+) -> Result<Json<Json_>, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    required_user(&body)?;
+    if let Ok(tasks) = state.tasks.lock()
+        && let Some(task) = tasks.get(&task_id)
+        && task.app_id == app.id
+    {
+        task.control.stop();
+    }
+    Ok(Json(json!({"result": "success"})))
+}
+
+/// Runs the server until Ctrl-C / SIGTERM, then lets in-flight runs finish (up to `grace`).
+pub async fn serve(state: Shared, listen: SocketAddr, max_body_bytes: usize, grace: Duration) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    tracing::info!(%listen, database = state.store.backend().as_str(), blobs = state.store.blobs().describe(), "flowgate serving");
+    let app = router(state.clone(), max_body_bytes);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|error| error.to_string())?;
+    let deadline = Instant::now() + grace;
+    while state.tasks.lock().map(|tasks| !tasks.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    state.recorder.flush().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
