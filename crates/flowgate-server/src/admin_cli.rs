@@ -379,7 +379,13 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
             files: Some(crate::service::StoreFiles::new(store.clone(), egress)),
             ..Ports::default()
         };
-        let state = Arc::new(crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()));
+        let state = match crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()) {
+            Ok(state) => Arc::new(state),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(FAILURE);
+            }
+        };
         let heartbeat_store = store.clone();
         let heartbeat_id = instance_id.clone();
         // Every beat also looks for servers that stopped beating (killed replicas, or this

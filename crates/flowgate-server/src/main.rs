@@ -114,6 +114,11 @@ enum Command {
     },
 }
 
+/// glibc's allocator spends a third of a busy server's CPU consolidating and searching free
+/// lists (measured in docs/benchmarks.md); mimalloc's per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

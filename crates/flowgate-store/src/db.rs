@@ -93,8 +93,14 @@ macro_rules! write {
 
 pub(crate) use {read, write};
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "packed node log", include_str!("../migrations/sqlite/0002_packed_node_log.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, "packed node log", include_str!("../migrations/postgres/0002_packed_node_log.sql")),
+];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(
@@ -105,6 +111,34 @@ fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrato
             })
             .collect(),
     )
+}
+
+/// How often the WAL is copied into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Past this many WAL pages (256 MiB) a checkpoint waits for readers and writers, so a reader
+/// that never lets go cannot grow the WAL without bound.
+const WAL_PAGES_LIMIT: i64 = 65_536;
+
+/// Copies the WAL into the database once a second without blocking the writer (a passive
+/// checkpoint). The WAL then restarts from its beginning at the next write, so it holds about a
+/// second of writes.
+async fn checkpoints(pool: SqlitePool) {
+    let mut interval = tokio::time::interval(CHECKPOINT_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let passive = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
+        match passive {
+            Ok((_, wal_pages, copied)) if wal_pages > WAL_PAGES_LIMIT && copied < wal_pages => {
+                tracing::warn!(wal_pages, copied, "the SQLite WAL is large; checkpointing with writers paused");
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await {
+                    tracing::warn!(%error, "SQLite checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "SQLite checkpoint failed"),
+        }
+    }
 }
 
 impl Store {
@@ -152,13 +186,12 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone())
-            .await
-            .map_err(|error| StoreError::Database(format!("cannot open {}: {error}", path.display())))?;
+            .foreign_keys(true)
+            .pragma("cache_size", "-32768")
+            // Checkpoints (copying the WAL into the database, with its fsyncs) run on a
+            // connection of their own, so the writer never stops for one; see `checkpoints`.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864");
         let lock_path = path.with_extension("migrate.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -170,15 +203,30 @@ impl Store {
             .await
             .map_err(|error| StoreError::Migration(error.to_string()))?
             .map_err(|error| StoreError::Migration(format!("cannot lock {}: {error}", lock_path.display())))?;
+        // Connecting creates the file and switches it to WAL, which needs the database to itself:
+        // done under the lock, two processes opening a new database at once cannot collide.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(|error| StoreError::Database(format!("cannot open {}: {error}", path.display())))?;
         let migrated = migrator(SQLITE_MIGRATIONS).run(&writer).await.map_err(|error| StoreError::Migration(error.to_string()));
         drop(locked);
         migrated?;
         let reader = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(sqlx_error)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(sqlx_error)?;
+        tokio::spawn(checkpoints(checkpointer));
         Ok(Db::Sqlite { writer, reader })
     }
 

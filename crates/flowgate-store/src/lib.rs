@@ -13,6 +13,7 @@ pub mod blobs;
 mod chat;
 mod db;
 mod error;
+mod node_log;
 pub mod payload;
 pub mod recorder;
 mod retention;

@@ -1,9 +1,13 @@
 //! The run recorder: takes run events off the request path and writes them in batches.
 //!
-//! Runs hand the recorder their start, each finished node and their end. One background task
-//! encodes payloads (see [`crate::payload`]) and writes everything that arrived in the last few
-//! milliseconds in one transaction, so a busy server makes one commit per batch, not several
-//! per run. A run that starts and ends within one batch is written as a single row.
+//! A run hands its [`RunRecording`] its start, each finished node and its end. The recording
+//! encodes them on the run's own thread, right away (payloads by content, see
+//! [`crate::payload`]; node entries for the packed node log, see [`crate::node_log`]): the
+//! values are hot in cache there and are freed by the thread that allocated them, which moving
+//! them to another thread made several times dearer. The recorder thread only gathers what
+//! arrived in the last few milliseconds into one batch, and the writing task writes each batch
+//! in one transaction, so a busy server makes one commit per batch, not several per run. A run
+//! that starts and ends within one batch is written as a single row.
 //!
 //! What is written follows the app's [`LogDetail`]: everything (`full`), rows without payloads
 //! (`metadata`), rows without payloads unless the run failed (`errors`), or nothing (`none`).
@@ -20,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apps::LogDetail;
 use crate::db::{Store, write};
 use crate::error::StoreError;
-use crate::payload::{EncodedPayload, PayloadEncoder};
+use crate::node_log::{self, Segment, SegmentBuilder};
+use crate::payload::{NewPayload, PayloadEncoder, PayloadHash, StoredPayload, StoredSet};
 
 /// How a run's log starts.
 #[derive(Debug, Clone)]
@@ -108,18 +113,62 @@ fn status_name(status: NodeStatus) -> &'static str {
     }
 }
 
+/// A run's row as its start describes it.
+struct StartRow {
+    app_id: String,
+    version_id: String,
+    task_id: String,
+    end_user_id: Option<String>,
+    conversation_id: Option<String>,
+    message_id: Option<String>,
+    created_from: String,
+    instance_id: String,
+    created_at: i64,
+}
+
+/// How a run's row ends.
+struct EndRow {
+    status: &'static str,
+    error: Option<String>,
+    elapsed: f64,
+    total_tokens: i64,
+    total_steps: i64,
+    exceptions: i64,
+    finished_at: i64,
+    /// Set when the inputs are kept only now (`errors` and the run failed).
+    inputs_hash: Option<PayloadHash>,
+    outputs_hash: Option<PayloadHash>,
+}
+
 enum Op {
-    Started(Box<RunStart>),
-    Node { run_id: Arc<str>, record: Box<NodeRecord> },
-    Finished { run_id: Arc<str>, summary: Box<RunSummary> },
+    Started {
+        run_id: Arc<str>,
+        detail: LogDetail,
+        expires_at: i64,
+        start: Box<StartRow>,
+        inputs_hash: Option<PayloadHash>,
+    },
+    /// Node-log entries (see [`node_log::write_entry`]) of `count` node executions.
+    Nodes {
+        run_id: Arc<str>,
+        entries: Vec<u8>,
+        count: usize,
+    },
+    /// Payloads a run's entries or rows refer to.
+    Payloads(Vec<NewPayload>),
+    Finished {
+        run_id: Arc<str>,
+        end: Box<EndRow>,
+    },
     Flush(oneshot::Sender<()>),
 }
 
-/// Handle to the recorder task; clone it freely.
+/// Handle to the recorder; clone it freely.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: std::sync::mpsc::Sender<Op>,
     stats: Arc<RecorderStats>,
+    stored: Arc<StoredSet>,
 }
 
 /// What the recorder is doing, for metrics and admission control.
@@ -130,20 +179,47 @@ pub struct RecorderStats {
     pub batches: AtomicU64,
     pub rows_written: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Woken after every batch, for whoever waits for the backlog to shrink.
+    pub batch_done: tokio::sync::Notify,
 }
 
-/// The longest a batch waits to fill up.
+/// How often the recorder collects what runs handed over: the longest an operation waits
+/// before it is batched.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// The most operations in one transaction.
 const BATCH_SIZE: usize = 4096;
+/// Batches waiting for the database: gathering the next batch overlaps writing this one.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Rows per multi-row INSERT. A batch is cut into statements of these sizes only, so the
+/// databases see a handful of distinct statements, each prepared once per connection and
+/// reused, instead of a new one to parse for every batch. 21 columns × 256 rows stays far
+/// below both databases' limit on bound parameters (SQLite 32,766; PostgreSQL 65,535).
+const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `rows` cut into chunks of the sizes in [`STATEMENT_ROWS`], largest first.
+fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = STATEMENT_ROWS.into_iter().find(|size| *size <= rows.len())?;
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 impl Recorder {
-    /// Starts the recorder task on the current runtime.
-    pub fn start(store: Store) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Starts the recorder: batching on a thread of its own, writing on the current runtime.
+    pub fn start(store: Store) -> Result<Self, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(RecorderStats::default());
-        tokio::spawn(run(store, rx, stats.clone()));
-        Self { tx, stats }
+        let stored = Arc::new(StoredSet::default());
+        let (batches, pending) = mpsc::channel(BATCHES_IN_FLIGHT);
+        std::thread::Builder::new()
+            .name("flowgate-recorder".into())
+            .spawn(move || gather_batches(&rx, &batches))
+            .map_err(|error| StoreError::Config(format!("cannot start the run recorder: {error}")))?;
+        tokio::spawn(write_batches(store, pending, stats.clone(), stored.clone()));
+        Ok(Self { tx, stats, stored })
     }
 
     pub fn stats(&self) -> &RecorderStats {
@@ -157,16 +233,43 @@ impl Recorder {
         }
     }
 
-    pub fn run_started(&self, start: RunStart) {
-        self.send(Op::Started(Box::new(start)));
-    }
-
-    pub fn node_finished(&self, run_id: Arc<str>, record: NodeRecord) {
-        self.send(Op::Node { run_id, record: Box::new(record) });
-    }
-
-    pub fn run_finished(&self, run_id: Arc<str>, summary: RunSummary) {
-        self.send(Op::Finished { run_id, summary: Box::new(summary) });
+    /// Starts recording a run; `None` when its app keeps no run log.
+    pub fn run_started(&self, start: RunStart) -> Option<RunRecording> {
+        if start.detail == LogDetail::None {
+            return None;
+        }
+        let run_id: Arc<str> = Arc::from(start.id.as_str());
+        let expires_at = start.created_at + start.retention_days.max(1) * 86_400;
+        let mut recording = RunRecording {
+            recorder: self.clone(),
+            run_id: run_id.clone(),
+            detail: start.detail,
+            expires_at,
+            encoder: PayloadEncoder::new(self.stored.clone()),
+            held: Vec::new(),
+            held_inputs: None,
+        };
+        let inputs_hash = match start.detail {
+            LogDetail::Full => Some(recording.encode(&start.inputs)),
+            LogDetail::Errors => {
+                recording.held_inputs = Some(start.inputs.clone());
+                None
+            }
+            LogDetail::Metadata | LogDetail::None => None,
+        };
+        let row = StartRow {
+            app_id: start.app_id,
+            version_id: start.version_id,
+            task_id: start.task_id,
+            end_user_id: start.end_user_id,
+            conversation_id: start.conversation_id,
+            message_id: start.message_id,
+            created_from: start.created_from,
+            instance_id: start.instance_id,
+            created_at: start.created_at,
+        };
+        self.send(Op::Started { run_id, detail: start.detail, expires_at, start: Box::new(row), inputs_hash });
+        Some(recording)
     }
 
     /// Waits until everything handed over so far is written.
@@ -177,36 +280,143 @@ impl Recorder {
     }
 }
 
-/// A run being recorded: what has to stay in memory between its start and its end.
+/// One run being recorded, owned by the run.
+pub struct RunRecording {
+    recorder: Recorder,
+    run_id: Arc<str>,
+    detail: LogDetail,
+    expires_at: i64,
+    encoder: PayloadEncoder,
+    /// `errors`: nodes and inputs held until the run's end decides whether payloads are kept.
+    held: Vec<NodeRecord>,
+    held_inputs: Option<Arc<Map>>,
+}
+
+impl RunRecording {
+    /// Encodes a map the run log keeps, handing over whatever payloads have to be written.
+    fn encode(&mut self, map: &Map) -> PayloadHash {
+        let mut fresh = Vec::new();
+        let hash = self.encoder.encode_map(map, self.expires_at, &mut fresh);
+        if !fresh.is_empty() {
+            self.recorder.send(Op::Payloads(fresh));
+        }
+        hash
+    }
+
+    /// Writes a node's entry, with its payloads when `with_payloads`.
+    fn write_entry(&mut self, entries: &mut Vec<u8>, record: &NodeRecord, with_payloads: bool, fresh: &mut Vec<NewPayload>) {
+        let payloads = if with_payloads {
+            let mut encode = |map: &Option<Arc<Map>>| map.as_ref().map(|map| self.encoder.encode_node_map(map, self.expires_at, fresh));
+            [encode(&record.inputs), encode(&record.process_data), encode(&record.outputs), encode(&record.metadata)]
+        } else {
+            Default::default()
+        };
+        node_log::write_entry(entries, record, &payloads);
+    }
+
+    pub fn node_finished(&mut self, record: NodeRecord) {
+        if self.detail == LogDetail::Errors {
+            self.held.push(record);
+            return;
+        }
+        let mut entries = Vec::with_capacity(512);
+        let mut fresh = Vec::new();
+        self.write_entry(&mut entries, &record, self.detail == LogDetail::Full, &mut fresh);
+        if !fresh.is_empty() {
+            self.recorder.send(Op::Payloads(fresh));
+        }
+        self.recorder.send(Op::Nodes { run_id: self.run_id.clone(), entries, count: 1 });
+    }
+
+    pub fn run_finished(mut self, summary: &RunSummary) {
+        let failed = summary.status.as_str() != "succeeded";
+        let keep_payloads = self.detail == LogDetail::Full || (self.detail == LogDetail::Errors && failed);
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            let mut entries = Vec::with_capacity(512 * held.len());
+            let mut fresh = Vec::new();
+            for record in &held {
+                self.write_entry(&mut entries, record, keep_payloads, &mut fresh);
+            }
+            if !fresh.is_empty() {
+                self.recorder.send(Op::Payloads(fresh));
+            }
+            self.recorder.send(Op::Nodes { run_id: self.run_id.clone(), entries, count: held.len() });
+        }
+        let inputs_hash = match self.held_inputs.take() {
+            Some(inputs) if keep_payloads => Some(self.encode(&inputs)),
+            _ => None,
+        };
+        let outputs_hash = keep_payloads.then(|| self.encode(&summary.outputs));
+        let end = EndRow {
+            status: summary.status.as_str(),
+            error: summary.error.clone(),
+            elapsed: summary.elapsed,
+            total_tokens: summary.total_tokens,
+            total_steps: summary.total_steps as i64,
+            exceptions: i64::from(summary.exceptions_count),
+            finished_at: summary.finished_at,
+            inputs_hash,
+            outputs_hash,
+        };
+        self.recorder.send(Op::Finished { run_id: self.run_id.clone(), end: Box::new(end) });
+    }
+}
+
+/// A run being recorded, as the recorder thread keeps it between its start and its end.
 struct OpenRun {
     detail: LogDetail,
     expires_at: i64,
     /// Written as a `running` row already (its end becomes an update).
     row_written: bool,
-    start: Option<Box<RunStart>>,
-    /// Nodes held back until the run's end decides whether they are kept (`errors`).
-    held_nodes: Vec<NodeRecord>,
+    start: Option<Box<StartRow>>,
+    inputs_hash: Option<PayloadHash>,
+    /// The sequence number of the run's next node-log segment.
+    next_segment: i64,
 }
 
 /// One transaction's worth of rows.
 #[derive(Default)]
 struct Batch {
-    payloads: Vec<EncodedPayload>,
-    payload_expiry: HashMap<String, i64>,
+    payloads: Vec<StoredPayload>,
+    /// Where each payload of the batch is in `payloads` (a hash is written once per batch).
+    payload_index: HashMap<PayloadHash, usize>,
     run_inserts: Vec<RunRow>,
     run_updates: Vec<RunRow>,
-    nodes: Vec<NodeRow>,
+    /// Node executions by run while the batch fills up.
+    open_segments: HashMap<Arc<str>, SegmentBuilder>,
+    /// Node-log segments ready to be written.
+    segments: Vec<(Arc<str>, Segment)>,
     flushes: Vec<oneshot::Sender<()>>,
     ops: usize,
 }
 
+impl Batch {
+    fn add_payload(&mut self, payload: NewPayload) {
+        match self.payload_index.get(&payload.hash) {
+            Some(&index) => self.payloads[index].expires_at = self.payloads[index].expires_at.max(payload.expires_at),
+            None => {
+                self.payload_index.insert(payload.hash, self.payloads.len());
+                self.payloads.push(payload.seal());
+            }
+        }
+    }
+
+    /// Closes the batch's node-log segments (compressed here, off the writing stage).
+    fn seal_segments(&mut self) {
+        for (run_id, segment) in self.open_segments.drain() {
+            self.segments.push((run_id, segment.finish()));
+        }
+    }
+}
+
 struct RunRow {
-    id: String,
-    start: Option<Box<RunStart>>,
-    status: String,
+    id: Arc<str>,
+    start: Option<Box<StartRow>>,
+    status: &'static str,
     detail: &'static str,
-    inputs_hash: Option<String>,
-    outputs_hash: Option<String>,
+    inputs_hash: Option<PayloadHash>,
+    outputs_hash: Option<PayloadHash>,
     error: Option<String>,
     elapsed: f64,
     total_tokens: i64,
@@ -216,118 +426,123 @@ struct RunRow {
     expires_at: i64,
 }
 
-struct NodeRow {
-    run_id: Arc<str>,
-    record: NodeRecord,
-    hashes: [Option<String>; 4],
-}
-
-struct Writer {
-    store: Store,
-    encoder: PayloadEncoder,
+/// The recorder thread's state: runs between their start and their end.
+#[derive(Default)]
+struct Gatherer {
     open: HashMap<Arc<str>, OpenRun>,
-    /// Payload hashes known to be stored, with the expiry they were stored with.
-    stored: HashMap<String, i64>,
 }
 
-/// Remembered stored hashes; forgotten wholesale past this (they are re-written idempotently).
-const STORED_MEMO: usize = 200_000;
-/// A stored payload's expiry is pushed forward only when it would lapse this much earlier.
-const EXPIRY_SLACK: i64 = 86_400;
+fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Batch>) {
+    let mut gatherer = Gatherer::default();
+    let mut next_tick = std::time::Instant::now();
+    loop {
+        // This thread looks for work once per window instead of waiting on the channel, so
+        // handing it an operation is a queue push for the request, never a wake-up (a system
+        // call and a context switch, which cost more than the operation).
+        next_tick += BATCH_WINDOW;
+        let now = std::time::Instant::now();
+        match next_tick.checked_duration_since(now) {
+            Some(wait) => std::thread::sleep(wait),
+            None => next_tick = now,
+        }
+        let mut disconnected = false;
+        loop {
+            let mut batch = Batch::default();
+            while batch.ops < BATCH_SIZE {
+                match rx.try_recv() {
+                    Ok(op) => gatherer.take(op, &mut batch),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if batch.ops == 0 {
+                break;
+            }
+            let full = batch.ops >= BATCH_SIZE;
+            gatherer.write_running_rows(&mut batch);
+            batch.seal_segments();
+            if batches.blocking_send(batch).is_err() {
+                return;
+            }
+            if !full {
+                break;
+            }
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Op>, stats: Arc<RecorderStats>) {
-    let mut writer = Writer { store, encoder: PayloadEncoder::default(), open: HashMap::new(), stored: HashMap::new() };
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch::default();
-        writer.take(first, &mut batch);
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.ops < BATCH_SIZE && batch.flushes.is_empty() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(op)) => writer.take(op, &mut batch),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        // Whatever else is already waiting goes in too.
-        while batch.ops < BATCH_SIZE {
-            match rx.try_recv() {
-                Ok(op) => writer.take(op, &mut batch),
-                Err(_) => break,
-            }
-        }
-        writer.write_running_rows(&mut batch);
+/// The second stage: writes batches in order, one transaction each.
+async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: Arc<RecorderStats>, stored: Arc<StoredSet>) {
+    while let Some(mut batch) = pending.recv().await {
         let ops = batch.ops;
-        let rows = batch.run_inserts.len() + batch.run_updates.len() + batch.nodes.len();
+        let rows = batch.run_inserts.len() + batch.run_updates.len() + batch.segments.len();
         let flushes = std::mem::take(&mut batch.flushes);
-        match writer.write(batch).await {
+        match write(&store, &batch).await {
             Ok(()) => {
                 stats.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
             }
             Err(error) => {
+                // Payloads this batch carried may now be missing: write them again when next seen.
+                stored.forget();
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, rows, "the run log could not be written");
             }
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.backlog.fetch_sub(ops, Ordering::Relaxed);
+        stats.batch_done.notify_waiters();
         for done in flushes {
             let _ = done.send(());
         }
+        // Dropped here, after the waiters were told: freeing a large batch is not their wait.
+        drop(batch);
     }
 }
 
-impl Writer {
+impl Gatherer {
     fn take(&mut self, op: Op, batch: &mut Batch) {
         batch.ops += 1;
         match op {
             Op::Flush(done) => batch.flushes.push(done),
-            Op::Started(start) => {
-                if start.detail == LogDetail::None {
-                    return;
+            Op::Payloads(payloads) => {
+                for payload in payloads {
+                    batch.add_payload(payload);
                 }
-                let expires_at = start.created_at + start.retention_days.max(1) * 86_400;
-                self.open.insert(
-                    Arc::from(start.id.as_str()),
-                    OpenRun { detail: start.detail, expires_at, row_written: false, start: Some(start), held_nodes: Vec::new() },
-                );
             }
-            Op::Node { run_id, record } => {
+            Op::Started { run_id, detail, expires_at, start, inputs_hash } => {
+                self.open
+                    .insert(run_id, OpenRun { detail, expires_at, row_written: false, start: Some(start), inputs_hash, next_segment: 0 });
+            }
+            Op::Nodes { run_id, entries, count } => {
                 let Some(open) = self.open.get_mut(&run_id) else { return };
-                match open.detail {
-                    LogDetail::Full => {
-                        let expires_at = open.expires_at;
-                        let hashes = self.encode_node(&record, expires_at, batch);
-                        batch.nodes.push(NodeRow { run_id, record: *record, hashes });
-                    }
-                    LogDetail::Metadata => batch.nodes.push(NodeRow { run_id, record: *record, hashes: Default::default() }),
-                    LogDetail::Errors => open.held_nodes.push(*record),
-                    LogDetail::None => {}
-                }
+                let segment = batch.open_segments.entry(run_id).or_insert_with(|| {
+                    open.next_segment += 1;
+                    SegmentBuilder::new(open.next_segment - 1)
+                });
+                segment.push_entries(&entries, count);
             }
-            Op::Finished { run_id, summary } => {
+            Op::Finished { run_id, end } => {
                 let Some(mut open) = self.open.remove(&run_id) else { return };
-                let failed = summary.status.as_str() != "succeeded";
-                let keep_payloads = open.detail == LogDetail::Full || (open.detail == LogDetail::Errors && failed);
-                for record in std::mem::take(&mut open.held_nodes) {
-                    let hashes = if keep_payloads { self.encode_node(&record, open.expires_at, batch) } else { Default::default() };
-                    batch.nodes.push(NodeRow { run_id: run_id.clone(), record, hashes });
-                }
-                let inputs_hash =
-                    if keep_payloads { open.start.as_ref().map(|start| self.encode(&start.inputs, open.expires_at, batch)) } else { None };
-                let outputs_hash = keep_payloads.then(|| self.encode(&summary.outputs, open.expires_at, batch));
                 let row = RunRow {
-                    id: run_id.to_string(),
-                    status: summary.status.as_str().to_owned(),
-                    detail: open.detail.as_str(),
-                    inputs_hash,
-                    outputs_hash,
-                    error: summary.error.clone(),
-                    elapsed: summary.elapsed,
-                    total_tokens: summary.total_tokens,
-                    total_steps: summary.total_steps as i64,
-                    exceptions: i64::from(summary.exceptions_count),
-                    finished_at: Some(summary.finished_at),
-                    expires_at: open.expires_at,
+                    id: run_id,
                     start: None,
+                    status: end.status,
+                    detail: open.detail.as_str(),
+                    inputs_hash: end.inputs_hash.or(open.inputs_hash),
+                    outputs_hash: end.outputs_hash,
+                    error: end.error,
+                    elapsed: end.elapsed,
+                    total_tokens: end.total_tokens,
+                    total_steps: end.total_steps,
+                    exceptions: end.exceptions,
+                    finished_at: Some(end.finished_at),
+                    expires_at: open.expires_at,
                 };
                 if open.row_written {
                     batch.run_updates.push(row);
@@ -341,22 +556,14 @@ impl Writer {
     /// Runs still going when a batch is written get their `running` row now, so a crash
     /// leaves a trace; a run that starts and ends within one batch is written once.
     fn write_running_rows(&mut self, batch: &mut Batch) {
-        let pending: Vec<(Arc<str>, Box<RunStart>, LogDetail, i64)> = self
-            .open
-            .iter_mut()
-            .filter(|(_, open)| !open.row_written)
-            .filter_map(|(id, open)| {
-                open.row_written = true;
-                open.start.clone().map(|start| (id.clone(), start, open.detail, open.expires_at))
-            })
-            .collect();
-        for (run_id, start, detail, expires_at) in pending {
-            let inputs_hash = (detail == LogDetail::Full).then(|| self.encode(&start.inputs, expires_at, batch));
+        for (run_id, open) in self.open.iter_mut().filter(|(_, open)| !open.row_written) {
+            open.row_written = true;
             batch.run_inserts.push(RunRow {
-                id: run_id.to_string(),
-                status: "running".into(),
-                detail: detail.as_str(),
-                inputs_hash,
+                id: run_id.clone(),
+                start: open.start.take(),
+                status: "running",
+                detail: open.detail.as_str(),
+                inputs_hash: open.inputs_hash,
                 outputs_hash: None,
                 error: None,
                 elapsed: 0.0,
@@ -364,151 +571,117 @@ impl Writer {
                 total_steps: 0,
                 exceptions: 0,
                 finished_at: None,
-                expires_at,
-                start: Some(start),
+                expires_at: open.expires_at,
             });
         }
     }
+}
 
-    fn encode(&mut self, map: &Map, expires_at: i64, batch: &mut Batch) -> String {
-        let mut fresh = Vec::new();
-        let hash = self.encoder.encode_map(map, &mut fresh);
-        for payload in fresh {
-            self.queue_payload(payload, expires_at, batch);
-        }
-        hash
+async fn write(store: &Store, batch: &Batch) -> Result<(), StoreError> {
+    // Large payloads go to the blob store before the rows that point at them.
+    for payload in batch.payloads.iter().filter(|payload| payload.in_blob) {
+        store.blobs.put(&format!("payloads/{}", payload.hash), payload.bytes.clone()).await?;
     }
-
-    fn encode_node(&mut self, record: &NodeRecord, expires_at: i64, batch: &mut Batch) -> [Option<String>; 4] {
-        let mut encode = |map: &Option<Arc<Map>>| map.as_ref().map(|map| self.encode(map, expires_at, batch));
-        [encode(&record.inputs), encode(&record.process_data), encode(&record.outputs), encode(&record.metadata)]
-    }
-
-    fn queue_payload(&mut self, payload: EncodedPayload, expires_at: i64, batch: &mut Batch) {
-        if let Some(stored) = self.stored.get(&payload.hash)
-            && *stored + EXPIRY_SLACK >= expires_at
-        {
-            return;
+    write!(store, |pool| {
+        let mut tx = pool.begin().await.map_err(|error| store.error(error))?;
+        // Multi-row statements: one round trip per few hundred rows instead of one per row is
+        // what lets the log keep up with thousands of runs a second.
+        for chunk in statement_chunks(&batch.payloads) {
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO payloads (hash, size, codec, data, blob_key, expires_at) ");
+            insert.push_values(chunk, |mut values, payload| {
+                values
+                    .push_bind(payload.hash.to_string())
+                    .push_bind(payload.size as i64)
+                    .push_bind(payload.codec)
+                    .push_bind((!payload.in_blob).then(|| payload.bytes.to_vec()))
+                    .push_bind(payload.in_blob.then(|| format!("payloads/{}", payload.hash)))
+                    .push_bind(payload.expires_at);
+            });
+            insert
+                .push(" ON CONFLICT (hash) DO UPDATE SET expires_at = excluded.expires_at WHERE payloads.expires_at < excluded.expires_at");
+            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
         }
-        match batch.payload_expiry.get_mut(&payload.hash) {
-            Some(expiry) => *expiry = (*expiry).max(expires_at),
-            None => {
-                batch.payload_expiry.insert(payload.hash.clone(), expires_at);
-                batch.payloads.push(payload);
-            }
-        }
-    }
-
-    async fn write(&mut self, batch: Batch) -> Result<(), StoreError> {
-        // Large payloads go to the blob store before the rows that point at them.
-        for payload in batch.payloads.iter().filter(|payload| payload.in_blob) {
-            self.store.blobs.put(&format!("payloads/{}", payload.hash), payload.bytes.clone()).await?;
-        }
-        let store = &self.store;
-        write!(store, |pool| {
-            let mut tx = pool.begin().await.map_err(|error| store.error(error))?;
-            for payload in &batch.payloads {
-                let expires_at = batch.payload_expiry.get(&payload.hash).copied().unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO payloads (hash, size, codec, data, blob_key, expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (hash) DO UPDATE SET expires_at = excluded.expires_at WHERE payloads.expires_at < excluded.expires_at",
-                )
-                .bind(&payload.hash)
-                .bind(payload.size as i64)
-                .bind(payload.codec)
-                .bind((!payload.in_blob).then(|| payload.bytes.to_vec()))
-                .bind(payload.in_blob.then(|| format!("payloads/{}", payload.hash)))
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| store.error(error))?;
-            }
-            for row in &batch.run_inserts {
-                let Some(start) = &row.start else { continue };
-                sqlx::query(
-                    "INSERT INTO workflow_runs (id, app_id, version_id, task_id, end_user_id, conversation_id, message_id, created_from, \
+        let run_inserts: Vec<(&RunRow, &StartRow)> =
+            batch.run_inserts.iter().filter_map(|row| row.start.as_deref().map(|start| (row, start))).collect();
+        for chunk in statement_chunks(&run_inserts) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO workflow_runs (id, app_id, version_id, task_id, end_user_id, conversation_id, message_id, created_from, \
                      status, detail, inputs_hash, outputs_hash, error, elapsed_time, total_tokens, total_steps, exceptions_count, \
-                     instance_id, created_at, finished_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-                )
-                .bind(&row.id)
-                .bind(&start.app_id)
-                .bind(&start.version_id)
-                .bind(&start.task_id)
-                .bind(&start.end_user_id)
-                .bind(&start.conversation_id)
-                .bind(&start.message_id)
-                .bind(&start.created_from)
-                .bind(&row.status)
-                .bind(row.detail)
-                .bind(&row.inputs_hash)
-                .bind(&row.outputs_hash)
-                .bind(&row.error)
-                .bind(row.elapsed)
-                .bind(row.total_tokens)
-                .bind(row.total_steps)
-                .bind(row.exceptions)
-                .bind(&start.instance_id)
-                .bind(start.created_at)
-                .bind(row.finished_at)
-                .bind(row.expires_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| store.error(error))?;
-            }
-            for row in &batch.nodes {
-                let record = &row.record;
-                sqlx::query(
-                    "INSERT INTO node_executions (id, run_id, position, node_id, node_type, title, status, error, elapsed_time, \
-                     inputs_hash, process_data_hash, outputs_hash, metadata_hash, created_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&*record.id)
-                .bind(&*row.run_id)
-                .bind(record.index as i64)
-                .bind(&*record.node_id)
-                .bind(&*record.node_type)
-                .bind(&*record.title)
-                .bind(record.status)
-                .bind(&record.error)
-                .bind(record.elapsed)
-                .bind(&row.hashes[0])
-                .bind(&row.hashes[1])
-                .bind(&row.hashes[2])
-                .bind(&row.hashes[3])
-                .bind(record.created_at)
-                .bind(record.finished_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| store.error(error))?;
-            }
-            for row in &batch.run_updates {
-                sqlx::query(
-                    "UPDATE workflow_runs SET status = $2, outputs_hash = $3, inputs_hash = COALESCE($4, inputs_hash), error = $5, \
+                     instance_id, created_at, finished_at, expires_at) ",
+            );
+            insert.push_values(chunk, |mut values, (row, start)| {
+                values
+                    .push_bind(&*row.id)
+                    .push_bind(start.app_id.as_str())
+                    .push_bind(start.version_id.as_str())
+                    .push_bind(start.task_id.as_str())
+                    .push_bind(start.end_user_id.as_deref())
+                    .push_bind(start.conversation_id.as_deref())
+                    .push_bind(start.message_id.as_deref())
+                    .push_bind(start.created_from.as_str())
+                    .push_bind(row.status)
+                    .push_bind(row.detail)
+                    .push_bind(row.inputs_hash.map(|hash| hash.to_string()))
+                    .push_bind(row.outputs_hash.map(|hash| hash.to_string()))
+                    .push_bind(row.error.as_deref())
+                    .push_bind(row.elapsed)
+                    .push_bind(row.total_tokens)
+                    .push_bind(row.total_steps)
+                    .push_bind(row.exceptions)
+                    .push_bind(start.instance_id.as_str())
+                    .push_bind(start.created_at)
+                    .push_bind(row.finished_at)
+                    .push_bind(row.expires_at);
+            });
+            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
+        }
+        for chunk in statement_chunks(&batch.segments) {
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO run_nodes (run_id, seq, nodes, codec, data) ");
+            insert.push_values(chunk, |mut values, (run_id, segment)| {
+                values
+                    .push_bind(&**run_id)
+                    .push_bind(segment.seq)
+                    .push_bind(segment.nodes as i64)
+                    .push_bind(segment.codec)
+                    .push_bind(segment.data.as_slice());
+            });
+            insert.push(" ON CONFLICT (run_id, seq) DO NOTHING");
+            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
+        }
+        for row in &batch.run_updates {
+            sqlx::query(
+                "UPDATE workflow_runs SET status = $2, outputs_hash = $3, inputs_hash = COALESCE($4, inputs_hash), error = $5, \
                      elapsed_time = $6, total_tokens = $7, total_steps = $8, exceptions_count = $9, finished_at = $10 WHERE id = $1",
-                )
-                .bind(&row.id)
-                .bind(&row.status)
-                .bind(&row.outputs_hash)
-                .bind(&row.inputs_hash)
-                .bind(&row.error)
-                .bind(row.elapsed)
-                .bind(row.total_tokens)
-                .bind(row.total_steps)
-                .bind(row.exceptions)
-                .bind(row.finished_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| store.error(error))?;
-            }
-            tx.commit().await.map_err(|error| store.error(error))
-        })?;
-        if self.stored.len() > STORED_MEMO {
-            self.stored.clear();
+            )
+            .bind(&*row.id)
+            .bind(row.status)
+            .bind(row.outputs_hash.map(|hash| hash.to_string()))
+            .bind(row.inputs_hash.map(|hash| hash.to_string()))
+            .bind(&row.error)
+            .bind(row.elapsed)
+            .bind(row.total_tokens)
+            .bind(row.total_steps)
+            .bind(row.exceptions)
+            .bind(row.finished_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| store.error(error))?;
         }
-        for (hash, expires_at) in batch.payload_expiry {
-            self.stored.insert(hash, expires_at);
-        }
-        Ok(())
+        tx.commit().await.map_err(|error| store.error(error))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_statements_of_a_few_fixed_sizes() {
+        let rows: Vec<usize> = (0..343).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows).map(<[usize]>::len).collect();
+        assert_eq!(sizes, [256, 64, 16, 4, 1, 1, 1]);
+        let flattened: Vec<usize> = statement_chunks(&rows).flatten().copied().collect();
+        assert_eq!(flattened, rows);
+        assert_eq!(statement_chunks::<usize>(&[]).count(), 0);
     }
 }

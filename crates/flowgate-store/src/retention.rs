@@ -45,13 +45,21 @@ impl Store {
             }
             let (nodes, runs) = write!(self, |pool| {
                 let mut tx = pool.begin().await.map_err(|error| self.error(error))?;
-                let mut nodes = sqlx::QueryBuilder::new("DELETE FROM node_executions WHERE run_id IN (");
+                let mut nodes = sqlx::QueryBuilder::new("DELETE FROM run_nodes WHERE run_id IN (");
                 let mut separated = nodes.separated(", ");
                 for id in &ids {
                     separated.push_bind(id.clone());
                 }
-                nodes.push(")");
-                let nodes = nodes.build().execute(&mut *tx).await.map_err(|error| self.error(error))?.rows_affected();
+                nodes.push(") RETURNING nodes");
+                let nodes: i64 = nodes
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|error| self.error(error))?
+                    .iter()
+                    .map(|row| row.try_get::<i64, _>("nodes"))
+                    .sum::<Result<i64, _>>()
+                    .map_err(|error| self.error(error))?;
                 let mut runs = sqlx::QueryBuilder::new("DELETE FROM workflow_runs WHERE id IN (");
                 let mut separated = runs.separated(", ");
                 for id in &ids {
@@ -62,7 +70,7 @@ impl Store {
                 tx.commit().await.map_err(|error| self.error(error))?;
                 (nodes, runs)
             });
-            report.node_executions += nodes;
+            report.node_executions += nodes as u64;
             report.runs += runs;
             tokio::task::yield_now().await;
         }
@@ -113,9 +121,21 @@ impl Store {
             };
             Ok((
                 count("SELECT COUNT(*) AS n FROM workflow_runs").await?,
-                count("SELECT COUNT(*) AS n FROM node_executions").await?,
+                count("SELECT CAST(COALESCE(SUM(nodes), 0) AS BIGINT) AS n FROM run_nodes").await?,
                 count("SELECT COUNT(*) AS n FROM payloads").await?,
             ))
+        })
+    }
+
+    /// The database's size on disk in bytes (SQLite: its pages; PostgreSQL: the database), for
+    /// benchmarks that measure what the run log costs.
+    pub async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let sql = match self.backend() {
+            crate::Backend::Sqlite => "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()",
+            crate::Backend::Postgres => "SELECT pg_database_size(current_database()) AS n",
+        };
+        read!(self, |pool| {
+            sqlx::query(sql).fetch_one(pool).await.and_then(|row| row.try_get::<i64, _>("n")).map_err(|error| self.error(error))
         })
     }
 }

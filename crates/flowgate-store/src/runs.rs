@@ -1,12 +1,12 @@
 //! Reading the run log: runs, their node executions, the logs listing, and payloads.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sqlx::Row;
 
 use crate::db::{Store, read};
 use crate::error::StoreError;
-use crate::payload;
+use crate::{node_log, payload};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkflowRun {
@@ -34,9 +34,12 @@ pub struct WorkflowRun {
     pub finished_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A node execution. In the packed node log (where it is read from, without `run_id`) the
+/// payload fields hold what the log stores; [`Store::node_executions`] puts the payloads there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeExecution {
     pub id: String,
+    #[serde(default)]
     pub run_id: String,
     /// Dify's `index`: the order in which nodes started.
     pub index: i64,
@@ -155,13 +158,29 @@ impl Store {
                 (None, Some(key)) => self.blobs.get(&key).await?.to_vec(),
                 (None, None) => return Err(StoreError::Corrupt(format!("payload {hash} has no content"))),
             };
-            let (mut value, refs) = payload::parse_envelope(&payload::open(&codec, &stored)?)?;
-            for (path, reference) in refs {
-                let inner = self.payload_at_depth(reference, depth + 1).await?;
-                payload::place(&mut value, &path, inner);
-            }
-            Ok(value)
+            let (value, refs) = payload::parse_envelope(&payload::open(&codec, &stored)?)?;
+            self.fill_references(value, refs, depth).await
         })
+    }
+
+    async fn fill_references(&self, mut value: Json, refs: Vec<payload::Reference>, depth: usize) -> Result<Json, StoreError> {
+        for (path, reference) in refs {
+            let inner = self.payload_at_depth(reference, depth + 1).await?;
+            payload::place(&mut value, &path, inner);
+        }
+        Ok(value)
+    }
+
+    /// A node-log payload field: a hash, or a small envelope kept inline.
+    async fn node_payload(&self, field: Option<Json>) -> Result<Option<Json>, StoreError> {
+        match field {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(hash)) => self.payload(&hash).await.map(Some),
+            Some(envelope) => {
+                let (value, refs) = payload::split_envelope(envelope)?;
+                self.fill_references(value, refs, 0).await.map(Some)
+            }
+        }
     }
 
     async fn optional_payload(&self, hash: Option<String>) -> Result<Option<Json>, StoreError> {
@@ -255,53 +274,28 @@ impl Store {
 
     /// A run's node executions in start order, with their payloads.
     pub async fn node_executions(&self, run_id: &str) -> Result<Vec<NodeExecution>, StoreError> {
-        let rows = read!(self, |pool| {
-            sqlx::query(
-                "SELECT id, run_id, position, node_id, node_type, title, status, error, elapsed_time, inputs_hash, process_data_hash, \
-                 outputs_hash, metadata_hash, created_at, finished_at FROM node_executions WHERE run_id = $1 ORDER BY position, created_at",
-            )
-            .bind(run_id)
-            .fetch_all(pool)
-            .await
-            .map_err(|error| self.error(error))?
-            .iter()
-            .map(|row| -> Result<(NodeExecution, [Option<String>; 4]), sqlx::Error> {
-                Ok((
-                    NodeExecution {
-                        id: row.try_get("id")?,
-                        run_id: row.try_get("run_id")?,
-                        index: row.try_get("position")?,
-                        node_id: row.try_get("node_id")?,
-                        node_type: row.try_get("node_type")?,
-                        title: row.try_get("title")?,
-                        status: row.try_get("status")?,
-                        error: row.try_get("error")?,
-                        elapsed_time: row.try_get("elapsed_time")?,
-                        inputs: None,
-                        process_data: None,
-                        outputs: None,
-                        execution_metadata: None,
-                        created_at: row.try_get("created_at")?,
-                        finished_at: row.try_get("finished_at")?,
-                    },
-                    [
-                        row.try_get("inputs_hash")?,
-                        row.try_get("process_data_hash")?,
-                        row.try_get("outputs_hash")?,
-                        row.try_get("metadata_hash")?,
-                    ],
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| self.error(error))?
+        let segments: Vec<(String, Vec<u8>)> = read!(self, |pool| {
+            sqlx::query("SELECT codec, data FROM run_nodes WHERE run_id = $1 ORDER BY seq")
+                .bind(run_id)
+                .fetch_all(pool)
+                .await
+                .map_err(|error| self.error(error))?
+                .iter()
+                .map(|row| Ok((row.try_get("codec")?, row.try_get("data")?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|error| self.error(error))?
         });
-        let mut executions = Vec::with_capacity(rows.len());
-        for (mut execution, [inputs, process_data, outputs, metadata]) in rows {
-            execution.inputs = self.optional_payload(inputs).await?;
-            execution.process_data = self.optional_payload(process_data).await?;
-            execution.outputs = self.optional_payload(outputs).await?;
-            execution.execution_metadata = self.optional_payload(metadata).await?;
-            executions.push(execution);
+        let mut executions = Vec::new();
+        for (codec, data) in segments {
+            executions.extend(node_log::decode(&codec, &data)?);
+        }
+        executions.sort_by_key(|node| (node.index, node.created_at));
+        for node in &mut executions {
+            node.run_id = run_id.to_owned();
+            node.inputs = self.node_payload(node.inputs.take()).await?;
+            node.process_data = self.node_payload(node.process_data.take()).await?;
+            node.outputs = self.node_payload(node.outputs.take()).await?;
+            node.execution_metadata = self.node_payload(node.execution_metadata.take()).await?;
         }
         Ok(executions)
     }

@@ -133,16 +133,16 @@ fn summary(run_id: &str, outputs: Map) -> RunSummary {
 
 async fn run_log_is_small_and_complete(store: &Store) {
     let (app, version) = store.create_app(new_app("logged")).await.unwrap();
-    let recorder = Recorder::start(store.clone());
+    let recorder = Recorder::start(store.clone()).unwrap();
     let table = Value::str("SKU00001,widget,9.99\n".repeat(20_000));
     for run in 0..3 {
         let run_id = format!("00000000-0000-0000-0000-00000000000{run}");
-        recorder.run_started(start(&run_id, &app.id, &version.id, map_of([("master", table.clone())]), LogDetail::Full));
+        let mut recording =
+            recorder.run_started(start(&run_id, &app.id, &version.id, map_of([("master", table.clone())]), LogDetail::Full)).unwrap();
         for index in 1..=5 {
-            recorder
-                .node_finished(Arc::from(run_id.as_str()), node(&format!("{run_id}-{index}"), index, map_of([("output", table.clone())])));
+            recording.node_finished(node(&format!("{run_id}-{index}"), index, map_of([("output", table.clone())])));
         }
-        recorder.run_finished(Arc::from(run_id.as_str()), summary(&run_id, map_of([("rows", Value::Int(20_000))])));
+        recording.run_finished(&summary(&run_id, map_of([("rows", Value::Int(20_000))])));
     }
     recorder.flush().await;
     let run = store.run(&app.id, "00000000-0000-0000-0000-000000000001").await.unwrap();
@@ -168,10 +168,10 @@ async fn run_log_is_small_and_complete(store: &Store) {
 async fn crashed_runs_are_failed(store: &Store) {
     let (app, version) = store.create_app(new_app("crashy")).await.unwrap();
     store.register_instance("dead").await.unwrap();
-    let recorder = Recorder::start(store.clone());
+    let recorder = Recorder::start(store.clone()).unwrap();
     let mut orphan = start("11111111-1111-1111-1111-111111111111", &app.id, &version.id, Map::default(), LogDetail::Metadata);
     orphan.instance_id = "dead".into();
-    recorder.run_started(orphan);
+    let recording = recorder.run_started(orphan);
     recorder.flush().await;
     // The run is written as `running` when a batch closes with it still open.
     assert_eq!(store.run(&app.id, "11111111-1111-1111-1111-111111111111").await.unwrap().status, "running");
@@ -182,6 +182,59 @@ async fn crashed_runs_are_failed(store: &Store) {
     let run = store.run(&app.id, "11111111-1111-1111-1111-111111111111").await.unwrap();
     assert_eq!(run.status, "failed");
     assert!(run.error.unwrap().contains("stopped before it finished"));
+    drop(recording);
+}
+
+/// Each log detail keeps what it promises: `full` everything, `metadata` rows without
+/// payloads, `errors` payloads only of failed runs, `none` nothing.
+async fn log_detail_decides_what_is_kept(store: &Store) {
+    let (app, version) = store.create_app(new_app("detailed")).await.unwrap();
+    let recorder = Recorder::start(store.clone()).unwrap();
+    let cases = [
+        ("full", LogDetail::Full, RunStatus::Succeeded),
+        ("metadata", LogDetail::Metadata, RunStatus::Failed),
+        ("errors-ok", LogDetail::Errors, RunStatus::Succeeded),
+        ("errors-failed", LogDetail::Errors, RunStatus::Failed),
+        ("none", LogDetail::None, RunStatus::Failed),
+    ];
+    for (name, detail, status) in cases {
+        let run_id = format!("run-{name}");
+        let Some(mut recording) = recorder.run_started(start(&run_id, &app.id, &version.id, map_of([("q", Value::str(name))]), detail))
+        else {
+            assert_eq!(detail, LogDetail::None);
+            continue;
+        };
+        recording.node_finished(node(&format!("{run_id}-1"), 1, map_of([("answer", Value::str("forty-two"))])));
+        recording.run_finished(&RunSummary { status, ..summary(&run_id, map_of([("out", Value::Int(42))])) });
+    }
+    recorder.flush().await;
+    for (name, detail, status) in cases {
+        let run_id = format!("run-{name}");
+        if detail == LogDetail::None {
+            assert!(matches!(store.run(&app.id, &run_id).await, Err(StoreError::NotFound(_))), "{name}");
+            continue;
+        }
+        let run = store.run(&app.id, &run_id).await.unwrap();
+        assert_eq!(run.status, status.as_str(), "{name}");
+        let kept = detail == LogDetail::Full || (detail == LogDetail::Errors && status == RunStatus::Failed);
+        assert_eq!(run.inputs.is_some(), kept, "{name}: inputs");
+        assert_eq!(run.outputs, kept.then(|| serde_json::json!({"out": 42})), "{name}: outputs");
+        let nodes = store.node_executions(&run_id).await.unwrap();
+        assert_eq!(nodes.len(), 1, "{name}: the node is listed at every detail but none");
+        assert_eq!(nodes[0].outputs, kept.then(|| serde_json::json!({"answer": "forty-two"})), "{name}: node outputs");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_log_detail() {
+    log_detail_decides_what_is_kept(&sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn postgres_log_detail() {
+    let (store, name) = postgres_store().await;
+    log_detail_decides_what_is_kept(&store).await;
+    drop_postgres(&name).await;
 }
 
 #[tokio::test]
@@ -226,4 +279,72 @@ async fn two_processes_migrating_one_database_at_once_both_succeed() {
     let (a, b) = tokio::join!(Store::open(StoreConfig::embedded(&dir)), Store::open(StoreConfig::embedded(&dir)));
     a.unwrap();
     b.unwrap();
+}
+
+/// A database made by a build before the packed node log (migration 1 only), holding one run
+/// with two node executions.
+async fn node_rows_of_the_first_schema<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, first_migration: &'static str)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Connection: sqlx::migrate::Migrate,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrator = Migrator::with_migrations(vec![Migration::new(
+        1,
+        "initial".into(),
+        MigrationType::Simple,
+        sqlx::SqlStr::from_static(first_migration),
+        false,
+    )]);
+    migrator.run(pool).await.unwrap();
+    for sql in [
+        "INSERT INTO apps (id, name, mode, current_version_id, created_at, updated_at) VALUES ('app-1', 'old', 'workflow', 'v-1', 1, 1)",
+        "INSERT INTO app_versions (id, app_id, version, dsl, created_at) VALUES ('v-1', 'app-1', '2026-11-01 00:00:00.000000', 'app: {}', 1)",
+        "INSERT INTO workflow_runs (id, app_id, version_id, task_id, status, detail, instance_id, created_at, finished_at, expires_at) \
+         VALUES ('run-1', 'app-1', 'v-1', 't-1', 'failed', 'metadata', 'i', 100, 101, 4000000000)",
+        "INSERT INTO node_executions (id, run_id, position, node_id, node_type, title, status, error, elapsed_time, created_at, finished_at) \
+         VALUES ('exec-2', 'run-1', 2, 'code', 'code', 'Code', 'failed', 'division by zero', 0.5, 100, 101)",
+        "INSERT INTO node_executions (id, run_id, position, node_id, node_type, title, status, elapsed_time, created_at, finished_at) \
+         VALUES ('exec-1', 'run-1', 1, 'start', 'start', 'Start', 'succeeded', 0.001, 100, 100)",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+    }
+}
+
+async fn node_rows_survive_the_packed_log_migration(store: &Store) {
+    let nodes = store.node_executions("run-1").await.unwrap();
+    let summary: Vec<(&str, i64, &str, Option<&str>)> =
+        nodes.iter().map(|node| (node.id.as_str(), node.index, node.status.as_str(), node.error.as_deref())).collect();
+    assert_eq!(summary, [("exec-1", 1, "succeeded", None), ("exec-2", 2, "failed", Some("division by zero"))]);
+    assert_eq!((nodes[1].title.as_str(), nodes[1].elapsed_time, nodes[1].finished_at), ("Code", 0.5, Some(101)));
+    assert_eq!(store.run_log_size().await.unwrap().1, 2);
+    let purged = store.purge_expired(4_000_000_001).await.unwrap();
+    assert_eq!((purged.runs, purged.node_executions), (1, 2));
+}
+
+#[tokio::test]
+async fn sqlite_node_rows_survive_the_packed_log_migration() {
+    let dir = temp_dir();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("flowgate.db")).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    node_rows_of_the_first_schema(&pool, include_str!("../migrations/sqlite/0001_initial.sql")).await;
+    pool.close().await;
+    node_rows_survive_the_packed_log_migration(&Store::open(StoreConfig::embedded(&dir)).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_node_rows_survive_the_packed_log_migration() {
+    let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("flowgate_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    node_rows_of_the_first_schema(&pool, include_str!("../migrations/postgres/0001_initial.sql")).await;
+    pool.close().await;
+    let store = Store::open(StoreConfig { database_url: Some(url), ..StoreConfig::embedded(temp_dir()) }).await.unwrap();
+    node_rows_survive_the_packed_log_migration(&store).await;
+    drop(store);
+    drop_postgres(&name).await;
 }

@@ -106,8 +106,8 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
     };
     let conversation_variables: HashMap<String, Value> =
         persisted.into_iter().map(|variable| (variable.name, Value::from(&variable.value))).collect();
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let task_id = uuid::Uuid::new_v4().to_string();
+    let run_id = flowgate_store::new_id();
+    let task_id = flowgate_store::new_id();
     let message_id = flowgate_store::new_id();
     let dialogue_count = state
         .store

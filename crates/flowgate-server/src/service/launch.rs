@@ -17,10 +17,10 @@ use tokio::task::JoinHandle;
 
 use flowgate_engine::plan::DeclaredVariable;
 use flowgate_engine::{Map, Plan, RunControl, RunEvent, RunRequest, RunSummary};
+use flowgate_store::ConversationVariable;
 use flowgate_store::recorder::{NodeRecord, RunStart};
-use flowgate_store::{App, ConversationVariable};
 
-use super::{Shared, Task};
+use super::{ServedApp, Shared, Task};
 use crate::wire::WireContext;
 
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -33,7 +33,7 @@ pub struct Turn {
 }
 
 pub struct Launch {
-    pub app: App,
+    pub app: Arc<ServedApp>,
     pub version_id: String,
     pub plan: Arc<Plan>,
     pub prepared: Map,
@@ -57,7 +57,8 @@ pub enum Launched {
 pub fn launch(state: &Shared, launch: Launch) -> Launched {
     let Launch { app, version_id, plan, prepared, request, wire, end_user_id, streaming, turn, slot } = launch;
     let run_id = wire.run_id.clone();
-    state.recorder.run_started(RunStart {
+    // `None` when the app keeps no run log: then logging costs nothing.
+    let mut recording = state.recorder.run_started(RunStart {
         id: run_id.clone(),
         app_id: app.id.clone(),
         version_id,
@@ -80,19 +81,21 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
     let app_id = app.id.clone();
     let state = state.clone();
     let handle = tokio::spawn(async move {
-        let recorder = state.recorder.clone();
         let metrics = &state.metrics;
-        let run_key: Arc<str> = Arc::from(run_id.as_str());
         // The closing events wait until the turn is saved.
         let mut closing = Vec::new();
         let mut sink = |event: RunEvent| {
             match &event {
                 RunEvent::NodeFinished(finished) => {
                     metrics.node_finished(&finished.info.node_type, finished.elapsed);
-                    recorder.node_finished(run_key.clone(), NodeRecord::from_finished(finished));
+                    if let Some(recording) = &mut recording {
+                        recording.node_finished(NodeRecord::from_finished(finished));
+                    }
                 }
                 RunEvent::IterationCompleted(completed) | RunEvent::LoopCompleted(completed) => {
-                    recorder.node_finished(run_key.clone(), NodeRecord::from_container(completed, flowgate_store::now()));
+                    if let Some(recording) = &mut recording {
+                        recording.node_finished(NodeRecord::from_container(completed, flowgate_store::now()));
+                    }
                 }
                 _ => {}
             }
@@ -108,7 +111,9 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
             }
         };
         let summary = state.engine.run_prepared(&plan, prepared, &request, &mut sink, Some(&control)).await;
-        recorder.run_finished(run_key, summary.clone());
+        if let Some(recording) = recording {
+            recording.run_finished(&summary);
+        }
         if let Some(turn) = &turn {
             save_turn(&state, turn, &request, &summary).await;
             if summary.status == flowgate_engine::RunStatus::Failed {

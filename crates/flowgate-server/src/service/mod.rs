@@ -52,6 +52,31 @@ impl Compiled {
     }
 }
 
+/// An app as requests see it: its row and its parsed limits, shared by every request within
+/// [`HOT_CACHE`].
+pub struct ServedApp {
+    pub app: App,
+    pub limits: AppLimits,
+}
+
+impl std::ops::Deref for ServedApp {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl ServedApp {
+    fn new(app: App) -> Self {
+        let limits = AppLimits::parse(&app.limits).unwrap_or_else(|error| {
+            tracing::warn!(app_id = %app.id, %error, "ignoring an unreadable limits policy");
+            AppLimits::default()
+        });
+        Self { app, limits }
+    }
+}
+
 /// A run in progress, for the stop endpoints.
 struct Task {
     app_id: String,
@@ -67,7 +92,7 @@ pub struct ServerState {
     /// Token → app id. A revoked key stops working within [`HOT_CACHE`].
     keys: TtlCache<String, String>,
     /// App rows, so a policy change is seen within [`HOT_CACHE`].
-    apps: TtlCache<String, App>,
+    apps: TtlCache<String, Arc<ServedApp>>,
     /// (app id, `user`) → end-user id; end users never change once created.
     end_users: TtlCache<(String, String), String>,
     tasks: Mutex<HashMap<String, Task>>,
@@ -80,15 +105,19 @@ pub struct ServerState {
 /// Past this many unwritten run-log operations new runs are refused (503) until the database
 /// catches up, so a slow database cannot grow memory without bound.
 const RECORDER_BACKLOG_LIMIT: usize = 500_000;
+/// Past this many unwritten operations (a few batches) new runs wait for the run log.
+const RECORDER_BACKLOG_SOFT: usize = 16_384;
+/// The longest a new run waits for the run log before it gets 503.
+const RUN_LOG_WAIT: Duration = Duration::from_secs(10);
 
 const HOT_CACHE: Duration = Duration::from_secs(1);
 
 type Shared = Arc<ServerState>;
 
 impl ServerState {
-    pub fn new(store: Store, ports: Ports, instance_id: String, admin_token: Option<&str>) -> Self {
-        let recorder = Recorder::start(store.clone());
-        Self {
+    pub fn new(store: Store, ports: Ports, instance_id: String, admin_token: Option<&str>) -> Result<Self, StoreError> {
+        let recorder = Recorder::start(store.clone())?;
+        Ok(Self {
             store,
             recorder,
             engine: Engine::new(ports),
@@ -101,33 +130,44 @@ impl ServerState {
             limiter: Limiter::default(),
             metrics: Metrics::default(),
             admin_token_hash: admin_token.map(flowgate_store::token_hash),
-        }
-    }
-
-    fn limits(app: &App) -> AppLimits {
-        AppLimits::parse(&app.limits).unwrap_or_else(|error| {
-            tracing::warn!(app_id = %app.id, %error, "ignoring an unreadable limits policy");
-            AppLimits::default()
         })
     }
 
     /// Admission for a new run: the run log must keep up, and the app's concurrency limit has a
     /// slot (waiting in line for one). The slot is held until the run ends.
-    async fn run_slot(&self, app: &App) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        if self.recorder.stats().backlog.load(Ordering::Relaxed) > RECORDER_BACKLOG_LIMIT {
-            return Err(ApiError::unavailable("The run log is behind; please retry shortly.", 1));
+    async fn run_slot(&self, app: &ServedApp) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        self.wait_for_run_log().await?;
+        self.limiter.run_slot(&app.id, &app.limits).await
+    }
+
+    /// Backpressure: while the run log is more than [`RECORDER_BACKLOG_SOFT`] operations behind,
+    /// new runs wait for it (clients slow down instead of failing); past
+    /// [`RECORDER_BACKLOG_LIMIT`], or after [`RUN_LOG_WAIT`], they get 503.
+    async fn wait_for_run_log(&self) -> Result<(), ApiError> {
+        let stats = self.recorder.stats();
+        let deadline = tokio::time::Instant::now() + RUN_LOG_WAIT;
+        loop {
+            let written = stats.batch_done.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let backlog = stats.backlog.load(Ordering::Relaxed);
+            if backlog <= RECORDER_BACKLOG_SOFT {
+                return Ok(());
+            }
+            if backlog > RECORDER_BACKLOG_LIMIT || tokio::time::timeout_at(deadline, written).await.is_err() {
+                return Err(ApiError::unavailable("The run log is behind; please retry shortly.", 1));
+            }
         }
-        self.limiter.run_slot(&app.id, &Self::limits(app)).await
     }
 
     /// The app a request's `Authorization: Bearer app-...` header names.
-    async fn app_for_key(&self, headers: &HeaderMap) -> Result<App, ApiError> {
+    async fn app_for_key(&self, headers: &HeaderMap) -> Result<Arc<ServedApp>, ApiError> {
         let (app, token) = self.authenticate(headers).await?;
-        self.limiter.admit(&app.id, token, &Self::limits(&app))?;
+        self.limiter.admit(&app.id, token, &app.limits)?;
         Ok(app)
     }
 
-    async fn authenticate<'h>(&self, headers: &'h HeaderMap) -> Result<(App, &'h str), ApiError> {
+    async fn authenticate<'h>(&self, headers: &'h HeaderMap) -> Result<(Arc<ServedApp>, &'h str), ApiError> {
         let header = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).unwrap_or_default();
         let Some((scheme, token)) = header.split_once(' ') else {
             return Err(ApiError::unauthorized("Authorization header must be provided and start with 'Bearer'"));
@@ -149,6 +189,7 @@ impl ServerState {
         }
         match self.store.app(&app_id).await {
             Ok(app) => {
+                let app = Arc::new(ServedApp::new(app));
                 self.apps.insert(app_id, app.clone());
                 Ok((app, token))
             }
@@ -386,6 +427,11 @@ async fn stop_task(
 /// Runs the server until Ctrl-C / SIGTERM, then lets in-flight runs finish (up to `grace`).
 pub async fn serve(state: Shared, listen: SocketAddr, max_body_bytes: usize, grace: Duration) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    // Without TCP_NODELAY a streamed event can sit in the kernel until the client's delayed ACK
+    // (40 ms) releases it: every SSE frame must leave at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     tracing::info!(%listen, database = state.store.backend().as_str(), blobs = state.store.blobs().describe(), "flowgate serving");
     let app = router(state.clone(), max_body_bytes);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|error| error.to_string())?;

@@ -2,6 +2,7 @@
 //! `GET /workflows/logs`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json_, json};
 
 use flowgate_engine::RunRequest;
-use flowgate_store::{App, LogQuery, StoreError};
+use flowgate_store::{LogQuery, StoreError};
 
 use super::launch::{Launch, Launched, launch};
-use super::{Body, Params, Shared, files, is_uuid, required_user, streaming_mode};
+use super::{Body, Params, ServedApp, Shared, files, is_uuid, required_user, streaming_mode};
 use crate::api_error::ApiError;
 use crate::wire::{Envelope, WireContext};
 
@@ -50,7 +51,7 @@ pub async fn run_version(
     start(state, app, workflow_id, body).await
 }
 
-async fn start(state: Shared, app: App, version_id: String, body: serde_json::Map<String, Json_>) -> Result<Response, ApiError> {
+async fn start(state: Shared, app: Arc<ServedApp>, version_id: String, body: serde_json::Map<String, Json_>) -> Result<Response, ApiError> {
     let Some(Json_::Object(inputs)) = body.get("inputs") else {
         return Err(ApiError::invalid_param("inputs is required and must be an object").with_param("inputs"));
     };
@@ -60,8 +61,8 @@ async fn start(state: Shared, app: App, version_id: String, body: serde_json::Ma
     let resolved = files::resolve_inputs(&state, &app, &compiled.plan.start_variables, inputs, body.get("files")).await?;
     let slot = state.run_slot(&app).await?;
     let end_user_id = state.end_user(&app.id, &user).await?;
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let task_id = uuid::Uuid::new_v4().to_string();
+    let run_id = flowgate_store::new_id();
+    let task_id = flowgate_store::new_id();
     let wire = WireContext {
         task_id: task_id.clone(),
         run_id: run_id.clone(),
