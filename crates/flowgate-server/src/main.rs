@@ -302,7 +302,8 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             for payload in wire.encode(&event) {
-                let _ = writeln!(out, "{payload}");
+                let _ = out.write_all(&payload);
+                let _ = out.write_all(b"\n");
             }
         }
     };

@@ -1,7 +1,8 @@
 //! Run events in the Service API's SSE payload shapes (Dify's `StreamResponse` objects).
 
-use std::sync::Arc;
-
+use bytes::Bytes;
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Value as Json, json};
 
 use flowgate_engine::event::{ContainerCompleted, NodeFinished, NodeInfo, RunEvent, RunSummary};
@@ -26,36 +27,6 @@ pub struct WireContext {
 
 fn map_json(map: &Map) -> Json {
     serde_json::to_value(MapRef(map)).unwrap_or(Json::Null)
-}
-
-fn optional_map(map: &Option<Arc<Map>>) -> Json {
-    map.as_deref().map_or(Json::Null, map_json)
-}
-
-/// Files found in a node's outputs (Dify's `fetch_files_from_node_outputs`).
-pub fn files_in(outputs: Option<&Map>) -> Json {
-    let mut files = Vec::new();
-    if let Some(outputs) = outputs {
-        for value in outputs.values() {
-            match value {
-                Value::File(file) => files.push(map_json(&file.to_map())),
-                Value::Array(items) => {
-                    files.extend(items.iter().filter_map(|item| match item {
-                        Value::File(file) => Some(map_json(&file.to_map())),
-                        _ => None,
-                    }));
-                }
-                _ => {}
-            }
-        }
-    }
-    Json::Array(files)
-}
-
-fn scope_ids(info: &NodeInfo) -> (Json, Json) {
-    let iteration = info.scope.iteration.as_ref().map_or(Json::Null, |(id, _)| Json::from(&**id));
-    let loop_id = info.scope.loop_round.as_ref().map_or(Json::Null, |(id, _)| Json::from(&**id));
-    (iteration, loop_id)
 }
 
 fn is_container(info: &NodeInfo) -> bool {
@@ -88,123 +59,98 @@ impl WireContext {
         Json::Object(object)
     }
 
-    /// The SSE payloads for one run event (none, one, or — at the end of a chat run — two).
-    pub fn encode(&self, event: &RunEvent) -> Vec<Json> {
+    /// The SSE payloads (JSON text) for one run event: none, one, or — at the end of a chat
+    /// run — two. The frequent events are written straight from the run's values; building a
+    /// JSON tree first and printing it cost more than running the nodes.
+    pub fn encode(&self, event: &RunEvent) -> Vec<Bytes> {
         match event {
-            RunEvent::WorkflowStarted { run_id, workflow_id, inputs, created_at } => vec![self.with_data(
+            RunEvent::WorkflowStarted { run_id, workflow_id, inputs, created_at } => vec![self.frame(
                 "workflow_started",
                 *created_at,
-                json!({
-                    "id": &**run_id,
-                    "workflow_id": &**workflow_id,
-                    "inputs": map_json(inputs),
-                    "created_at": created_at,
-                    "reason": "initial",
-                }),
+                &WorkflowStarted { id: run_id, workflow_id, inputs: MapRef(inputs), created_at: *created_at },
             )],
             RunEvent::NodeStarted(info) if is_container(info) => Vec::new(),
-            RunEvent::NodeStarted(info) => {
-                let (iteration_id, loop_id) = scope_ids(info);
-                vec![self.with_data(
-                    "node_started",
-                    info.created_at,
-                    json!({
-                        "id": &*info.execution_id,
-                        "node_id": &*info.node_id,
-                        "node_type": &*info.node_type,
-                        "title": &*info.title,
-                        "index": info.index,
-                        "predecessor_node_id": null,
-                        "inputs": null,
-                        "inputs_truncated": false,
-                        "created_at": info.created_at,
-                        "extras": {},
-                        "iteration_id": iteration_id,
-                        "loop_id": loop_id,
-                        "agent_strategy": null,
-                    }),
-                )]
-            }
+            RunEvent::NodeStarted(info) => vec![self.frame("node_started", info.created_at, &NodeStarted(info))],
             RunEvent::NodeFinished(finished) if is_container(&finished.info) => Vec::new(),
-            RunEvent::NodeFinished(finished) => vec![self.with_data("node_finished", finished.info.created_at, node_finished(finished))],
-            RunEvent::NodeRetry(finished) => vec![self.with_data("node_retry", finished.info.created_at, node_finished(finished))],
+            RunEvent::NodeFinished(finished) => vec![self.frame("node_finished", finished.info.created_at, &NodeFinishedData(finished))],
+            RunEvent::NodeRetry(finished) => vec![self.frame("node_retry", finished.info.created_at, &NodeFinishedData(finished))],
             RunEvent::TextChunk { text, selector } => {
                 let selector: Vec<&str> = selector.iter().map(String::as_str).collect();
                 match &self.envelope {
                     Envelope::Workflow => {
-                        vec![self.with_data("text_chunk", 0, json!({"text": text, "from_variable_selector": selector}))]
+                        vec![json_bytes(&self.with_data("text_chunk", 0, json!({"text": text, "from_variable_selector": selector})))]
                     }
                     Envelope::Chat { message_id, .. } => {
                         let mut object = self.envelope("message", now());
                         object.insert("id".into(), message_id.clone().into());
                         object.insert("answer".into(), text.clone().into());
                         object.insert("from_variable_selector".into(), json!(selector));
-                        vec![Json::Object(object)]
+                        vec![json_bytes(&Json::Object(object))]
                     }
                 }
             }
-            RunEvent::IterationStarted { info, inputs, length } => {
-                vec![self.with_data(
-                    "iteration_started",
-                    info.created_at,
-                    container_started(info, inputs, json!({"iteration_length": length})),
-                )]
-            }
-            RunEvent::LoopStarted { info, inputs, length } => {
-                vec![self.with_data("loop_started", info.created_at, container_started(info, inputs, json!({"loop_length": length})))]
-            }
+            RunEvent::IterationStarted { info, inputs, length } => vec![json_bytes(&self.with_data(
+                "iteration_started",
+                info.created_at,
+                container_started(info, inputs, json!({"iteration_length": length})),
+            ))],
+            RunEvent::LoopStarted { info, inputs, length } => vec![json_bytes(&self.with_data(
+                "loop_started",
+                info.created_at,
+                container_started(info, inputs, json!({"loop_length": length})),
+            ))],
             RunEvent::IterationNext { info, index } => {
-                vec![self.with_data("iteration_next", now(), container_next(info, *index, false))]
+                vec![json_bytes(&self.with_data("iteration_next", now(), container_next(info, *index, false)))]
             }
-            RunEvent::LoopNext { info, index } => {
-                vec![self.with_data("loop_next", now(), container_next(info, *index, true))]
-            }
+            RunEvent::LoopNext { info, index } => vec![json_bytes(&self.with_data("loop_next", now(), container_next(info, *index, true)))],
             RunEvent::IterationCompleted(completed) => {
-                vec![self.with_data("iteration_completed", now(), container_completed(completed))]
+                vec![json_bytes(&self.with_data("iteration_completed", now(), container_completed(completed)))]
             }
             RunEvent::LoopCompleted(completed) => {
-                vec![self.with_data("loop_completed", now(), container_completed(completed))]
+                vec![json_bytes(&self.with_data("loop_completed", now(), container_completed(completed)))]
             }
             RunEvent::VariableUpdated { .. } => Vec::new(),
             RunEvent::WorkflowFinished(summary) => {
-                let mut events = vec![self.with_data("workflow_finished", summary.finished_at, self.workflow_finished(summary))];
+                let mut events = vec![self.frame(
+                    "workflow_finished",
+                    summary.finished_at,
+                    &WorkflowFinishedData { wire: self, summary, blocking: false },
+                )];
                 if let Envelope::Chat { message_id, .. } = &self.envelope {
                     let mut object = self.envelope("message_end", summary.finished_at);
                     object.insert("id".into(), message_id.clone().into());
                     object.insert("metadata".into(), json!({"usage": usage_json(summary), "retriever_resources": []}));
                     object.insert("files".into(), json!([]));
-                    events.push(Json::Object(object));
+                    events.push(json_bytes(&Json::Object(object)));
                 }
                 events
             }
         }
     }
 
+    /// One event frame: `event`, the envelope's ids, then `data`.
+    fn frame(&self, event: &'static str, created_at: i64, data: &impl Serialize) -> Bytes {
+        let mut out = Vec::with_capacity(512);
+        // Serialising plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &Frame { wire: self, event, created_at, data });
+        Bytes::from(out)
+    }
+
+    /// The blocking answer of `POST /workflows/run`: `{task_id, workflow_run_id, data}`.
+    pub fn blocking_response(&self, summary: &RunSummary) -> Bytes {
+        let data = WorkflowFinishedData { wire: self, summary, blocking: true };
+        let mut out = Vec::with_capacity(512);
+        let _ = serde_json::to_writer(&mut out, &BlockingResponse { task_id: &self.task_id, workflow_run_id: &self.run_id, data });
+        Bytes::from(out)
+    }
+
     /// Dify's `error` stream event, which ends a stream.
-    pub fn error_event(&self, code: &str, message: &str, status: u16) -> Json {
+    pub fn error_event(&self, code: &str, message: &str, status: u16) -> Bytes {
         let mut object = self.envelope("error", now());
         object.insert("code".into(), code.into());
         object.insert("message".into(), message.into());
         object.insert("status".into(), status.into());
-        Json::Object(object)
-    }
-
-    pub fn workflow_finished(&self, summary: &RunSummary) -> Json {
-        json!({
-            "id": &*summary.run_id,
-            "workflow_id": &*summary.workflow_id,
-            "status": summary.status.as_str(),
-            "outputs": map_json(&summary.outputs),
-            "error": summary.error,
-            "elapsed_time": summary.elapsed,
-            "total_tokens": summary.total_tokens,
-            "total_steps": summary.total_steps,
-            "created_by": {"id": self.end_user_id, "user": self.user},
-            "created_at": summary.created_at,
-            "finished_at": summary.finished_at,
-            "exceptions_count": summary.exceptions_count,
-            "files": files_in(Some(&summary.outputs)),
-        })
+        json_bytes(&Json::Object(object))
     }
 }
 
@@ -230,36 +176,203 @@ pub fn usage_json(summary: &RunSummary) -> Json {
     })
 }
 
-fn node_finished(finished: &NodeFinished) -> Json {
-    let info = &finished.info;
-    let (iteration_id, loop_id) = scope_ids(info);
-    let mut data = json!({
-        "id": &*info.execution_id,
-        "node_id": &*info.node_id,
-        "node_type": &*info.node_type,
-        "title": &*info.title,
-        "index": info.index,
-        "predecessor_node_id": null,
-        "inputs": optional_map(&finished.inputs),
-        "inputs_truncated": false,
-        "process_data": optional_map(&finished.process_data),
-        "process_data_truncated": false,
-        "outputs": optional_map(&finished.outputs),
-        "outputs_truncated": false,
-        "status": finished.status.as_str(),
-        "error": finished.error,
-        "elapsed_time": finished.elapsed,
-        "execution_metadata": optional_map(&finished.metadata),
-        "created_at": info.created_at,
-        "finished_at": finished.finished_at,
-        "files": files_in(finished.outputs.as_deref()),
-        "iteration_id": iteration_id,
-        "loop_id": loop_id,
-    });
-    if let (Some(index), Json::Object(object)) = (finished.retry_index, &mut data) {
-        object.insert("retry_index".into(), index.into());
+fn json_bytes(value: &Json) -> Bytes {
+    Bytes::from(value.to_string())
+}
+
+struct Frame<'a, D> {
+    wire: &'a WireContext,
+    event: &'static str,
+    created_at: i64,
+    data: &'a D,
+}
+
+impl<D: Serialize> Serialize for Frame<'_, D> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("event", self.event)?;
+        match &self.wire.envelope {
+            Envelope::Workflow => {
+                map.serialize_entry("task_id", &self.wire.task_id)?;
+                map.serialize_entry("workflow_run_id", &self.wire.run_id)?;
+            }
+            Envelope::Chat { conversation_id, message_id } => {
+                map.serialize_entry("conversation_id", conversation_id)?;
+                map.serialize_entry("message_id", message_id)?;
+                map.serialize_entry("created_at", &self.created_at)?;
+                map.serialize_entry("task_id", &self.wire.task_id)?;
+                map.serialize_entry("workflow_run_id", &self.wire.run_id)?;
+            }
+        }
+        map.serialize_entry("data", self.data)?;
+        map.end()
     }
-    data
+}
+
+#[derive(Serialize)]
+struct BlockingResponse<'a> {
+    task_id: &'a str,
+    workflow_run_id: &'a str,
+    data: WorkflowFinishedData<'a>,
+}
+
+struct WorkflowStarted<'a> {
+    id: &'a str,
+    workflow_id: &'a str,
+    inputs: MapRef<'a>,
+    created_at: i64,
+}
+
+impl Serialize for WorkflowStarted<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", self.id)?;
+        map.serialize_entry("workflow_id", self.workflow_id)?;
+        map.serialize_entry("inputs", &self.inputs)?;
+        map.serialize_entry("created_at", &self.created_at)?;
+        map.serialize_entry("reason", "initial")?;
+        map.end()
+    }
+}
+
+/// A map that may be absent, as JSON (`null` when absent).
+struct OptionalMap<'a>(Option<&'a Map>);
+
+impl Serialize for OptionalMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(map) => MapRef(map).serialize(serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// The files in a node's outputs, as Dify lists them.
+struct FilesIn<'a>(Option<&'a Map>);
+
+impl Serialize for FilesIn<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut files = serializer.serialize_seq(None)?;
+        for value in self.0.into_iter().flat_map(|outputs| outputs.values()) {
+            match value {
+                Value::File(file) => files.serialize_element(&MapRef(&file.to_map()))?,
+                Value::Array(items) => {
+                    for item in items.iter() {
+                        if let Value::File(file) = item {
+                            files.serialize_element(&MapRef(&file.to_map()))?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        files.end()
+    }
+}
+
+struct NodeStarted<'a>(&'a NodeInfo);
+
+impl Serialize for NodeStarted<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let info = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &*info.execution_id)?;
+        map.serialize_entry("node_id", &*info.node_id)?;
+        map.serialize_entry("node_type", &*info.node_type)?;
+        map.serialize_entry("title", &*info.title)?;
+        map.serialize_entry("index", &info.index)?;
+        map.serialize_entry("predecessor_node_id", &())?;
+        map.serialize_entry("inputs", &())?;
+        map.serialize_entry("inputs_truncated", &false)?;
+        map.serialize_entry("created_at", &info.created_at)?;
+        map.serialize_entry("extras", &EmptyObject)?;
+        map.serialize_entry("iteration_id", &info.scope.iteration.as_ref().map(|(id, _)| &**id))?;
+        map.serialize_entry("loop_id", &info.scope.loop_round.as_ref().map(|(id, _)| &**id))?;
+        map.serialize_entry("agent_strategy", &())?;
+        map.end()
+    }
+}
+
+struct NodeFinishedData<'a>(&'a NodeFinished);
+
+impl Serialize for NodeFinishedData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let finished = self.0;
+        let info = &finished.info;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &*info.execution_id)?;
+        map.serialize_entry("node_id", &*info.node_id)?;
+        map.serialize_entry("node_type", &*info.node_type)?;
+        map.serialize_entry("title", &*info.title)?;
+        map.serialize_entry("index", &info.index)?;
+        map.serialize_entry("predecessor_node_id", &())?;
+        map.serialize_entry("inputs", &OptionalMap(finished.inputs.as_deref()))?;
+        map.serialize_entry("inputs_truncated", &false)?;
+        map.serialize_entry("process_data", &OptionalMap(finished.process_data.as_deref()))?;
+        map.serialize_entry("process_data_truncated", &false)?;
+        map.serialize_entry("outputs", &OptionalMap(finished.outputs.as_deref()))?;
+        map.serialize_entry("outputs_truncated", &false)?;
+        map.serialize_entry("status", finished.status.as_str())?;
+        map.serialize_entry("error", &finished.error)?;
+        map.serialize_entry("elapsed_time", &finished.elapsed)?;
+        map.serialize_entry("execution_metadata", &OptionalMap(finished.metadata.as_deref()))?;
+        map.serialize_entry("created_at", &info.created_at)?;
+        map.serialize_entry("finished_at", &finished.finished_at)?;
+        map.serialize_entry("files", &FilesIn(finished.outputs.as_deref()))?;
+        map.serialize_entry("iteration_id", &info.scope.iteration.as_ref().map(|(id, _)| &**id))?;
+        map.serialize_entry("loop_id", &info.scope.loop_round.as_ref().map(|(id, _)| &**id))?;
+        if let Some(index) = finished.retry_index {
+            map.serialize_entry("retry_index", &index)?;
+        }
+        map.end()
+    }
+}
+
+/// `workflow_finished`'s data; the blocking answer leaves out `created_by`,
+/// `exceptions_count` and `files`, as Dify's does.
+struct WorkflowFinishedData<'a> {
+    wire: &'a WireContext,
+    summary: &'a RunSummary,
+    blocking: bool,
+}
+
+impl Serialize for WorkflowFinishedData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let summary = self.summary;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &*summary.run_id)?;
+        map.serialize_entry("workflow_id", &*summary.workflow_id)?;
+        map.serialize_entry("status", summary.status.as_str())?;
+        map.serialize_entry("outputs", &MapRef(&summary.outputs))?;
+        map.serialize_entry("error", &summary.error)?;
+        map.serialize_entry("elapsed_time", &summary.elapsed)?;
+        map.serialize_entry("total_tokens", &summary.total_tokens)?;
+        map.serialize_entry("total_steps", &summary.total_steps)?;
+        if !self.blocking {
+            map.serialize_entry("created_by", &CreatedBy { id: &self.wire.end_user_id, user: &self.wire.user })?;
+        }
+        map.serialize_entry("created_at", &summary.created_at)?;
+        map.serialize_entry("finished_at", &summary.finished_at)?;
+        if !self.blocking {
+            map.serialize_entry("exceptions_count", &summary.exceptions_count)?;
+            map.serialize_entry("files", &FilesIn(Some(&summary.outputs)))?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct CreatedBy<'a> {
+    id: &'a str,
+    user: &'a str,
+}
+
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_map(Some(0))?.end()
+    }
 }
 
 fn container_started(info: &NodeInfo, inputs: &Map, metadata: Json) -> Json {

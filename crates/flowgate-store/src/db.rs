@@ -113,34 +113,6 @@ fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrato
     )
 }
 
-/// How often the WAL is copied into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// Past this many WAL pages (256 MiB) a checkpoint waits for readers and writers, so a reader
-/// that never lets go cannot grow the WAL without bound.
-const WAL_PAGES_LIMIT: i64 = 65_536;
-
-/// Copies the WAL into the database once a second without blocking the writer (a passive
-/// checkpoint). The WAL then restarts from its beginning at the next write, so it holds about a
-/// second of writes.
-async fn checkpoints(pool: SqlitePool) {
-    let mut interval = tokio::time::interval(CHECKPOINT_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        let passive = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
-        match passive {
-            Ok((_, wal_pages, copied)) if wal_pages > WAL_PAGES_LIMIT && copied < wal_pages => {
-                tracing::warn!(wal_pages, copied, "the SQLite WAL is large; checkpointing with writers paused");
-                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await {
-                    tracing::warn!(%error, "SQLite checkpoint failed");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "SQLite checkpoint failed"),
-        }
-    }
-}
-
 impl Store {
     /// Connects and brings the schema up to date. Several processes may open the same
     /// database at once: PostgreSQL migrations hold an advisory lock, SQLite ones a file lock.
@@ -188,9 +160,11 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-32768")
-            // Checkpoints (copying the WAL into the database, with its fsyncs) run on a
-            // connection of their own, so the writer never stops for one; see `checkpoints`.
-            .pragma("wal_autocheckpoint", "0")
+            // The writer copies the WAL into the database every 16 MiB of it. (Checkpointing
+            // on a connection of its own, so the writer never waits for its fsync, was tried:
+            // under constant writes a passive checkpoint never catches up, so the WAL never
+            // starts over and grows without bound.)
+            .pragma("wal_autocheckpoint", "4096")
             .pragma("journal_size_limit", "67108864");
         let lock_path = path.with_extension("migrate.lock");
         let lock = std::fs::OpenOptions::new()
@@ -217,16 +191,9 @@ impl Store {
         let reader = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone().read_only(true))
+            .connect_with(options.read_only(true))
             .await
             .map_err(sqlx_error)?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(config.acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(sqlx_error)?;
-        tokio::spawn(checkpoints(checkpointer));
         Ok(Db::Sqlite { writer, reader })
     }
 

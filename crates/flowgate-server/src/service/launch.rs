@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, header};
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::response::Response;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value as Json, json};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
@@ -24,6 +25,8 @@ use super::{ServedApp, Shared, Task};
 use crate::wire::WireContext;
 
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// The most bytes of events sent as one chunk.
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// A chatflow turn: what to save when its run ends.
 pub struct Turn {
@@ -77,7 +80,7 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
     if let Ok(mut tasks) = state.tasks.lock() {
         tasks.insert(wire.task_id.clone(), Task { app_id: app.id.clone(), control: control.clone() });
     }
-    let (events_tx, events_rx) = mpsc::unbounded_channel::<Json>();
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<Bytes>();
     let app_id = app.id.clone();
     let state = state.clone();
     let handle = tokio::spawn(async move {
@@ -167,22 +170,44 @@ async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &
     }
 }
 
-/// Dify's SSE framing: `data: {json}\n\n` per event and `event: ping\n\n` every ten seconds.
-pub fn sse_response(events: mpsc::UnboundedReceiver<Json>) -> Response {
-    let data = receiver_stream(events).map(|payload| Ok::<_, Infallible>(Event::default().data(payload.to_string())));
-    let pings = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(PING_EVERY).await;
-        Some((Ok::<_, Infallible>(Event::default().event("ping")), ()))
+/// Dify's SSE framing: `data: {json}\n\n` per event, and `event: ping\n\n` after ten seconds
+/// without one. Whatever the run has produced when the connection is ready to write goes out
+/// as one chunk: one write instead of one per event, and nothing ever waits to be batched.
+pub fn sse_response(mut events: mpsc::UnboundedReceiver<Bytes>) -> Response {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let stream = futures::stream::poll_fn(move |context| {
+        let mut chunk = BytesMut::new();
+        let mut ended = false;
+        while chunk.len() < MAX_CHUNK {
+            match events.poll_recv(context) {
+                Poll::Ready(Some(payload)) => {
+                    chunk.extend_from_slice(b"data: ");
+                    chunk.extend_from_slice(&payload);
+                    chunk.extend_from_slice(b"\n\n");
+                }
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !chunk.is_empty() {
+            ping.reset();
+            return Poll::Ready(Some(Ok::<_, Infallible>(chunk.freeze())));
+        }
+        if ended {
+            return Poll::Ready(None);
+        }
+        match ping.poll_tick(context) {
+            Poll::Ready(_) => Poll::Ready(Some(Ok(Bytes::from_static(b"event: ping\n\n")))),
+            Poll::Pending => Poll::Pending,
+        }
     });
-    let stream = futures::stream::select(data.map(Some).chain(futures::stream::once(async { None })), pings.map(Some))
-        .take_while(|item| std::future::ready(item.is_some()))
-        .filter_map(std::future::ready);
-    let mut response = Sse::new(stream).into_response();
-    response.headers_mut().insert("X-Accel-Buffering", HeaderValue::from_static("no"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let mut response = Response::new(axum::body::Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("X-Accel-Buffering", HeaderValue::from_static("no"));
     response
-}
-
-fn receiver_stream<T: Send + 'static>(mut receiver: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
 }

@@ -98,13 +98,7 @@ async fn start(state: Shared, app: Arc<ServedApp>, version_id: String, body: ser
         Launched::Blocking(handle) => handle,
     };
     let summary = handle.await.map_err(|_| ApiError::internal())?;
-    let mut data = wire.workflow_finished(&summary);
-    if let Json_::Object(object) = &mut data {
-        object.remove("created_by");
-        object.remove("exceptions_count");
-        object.remove("files");
-    }
-    Ok(Json(json!({"task_id": task_id, "workflow_run_id": run_id, "data": data})).into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], wire.blocking_response(&summary)).into_response())
 }
 
 /// `GET /workflows/run/{id}`: `inputs` is the stored inputs as a JSON string, as Dify returns it.
