@@ -299,7 +299,7 @@ impl Store {
     pub async fn app(&self, app_id: &str) -> Result<App, StoreError> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
         read!(self, |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(&sql)
                 .bind(app_id)
                 .fetch_optional(pool)
                 .await
@@ -312,7 +312,7 @@ impl Store {
     pub async fn apps(&self) -> Result<Vec<App>, StoreError> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id");
         read!(self, |pool| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map_err(|error| self.error(error))?;
+            let rows = sqlx::query(&sql).fetch_all(pool).await.map_err(|error| self.error(error))?;
             rows.iter().map(|row| app_from_row(row).map_err(|error| self.error(error))).collect()
         })
     }

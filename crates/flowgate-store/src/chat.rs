@@ -236,7 +236,7 @@ impl Store {
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND app_id = $2 AND end_user_id = $3 AND deleted_at IS NULL"
         );
         read!(self, |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(&sql)
                 .bind(id)
                 .bind(app_id)
                 .bind(end_user_id)
@@ -271,7 +271,7 @@ impl Store {
              ORDER BY {column} {direction}, id {direction} LIMIT $3"
         );
         let mut rows = read!(self, |pool| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(app_id).bind(end_user_id).bind(limit + 1);
+            let mut query = sqlx::query(&sql).bind(app_id).bind(end_user_id).bind(limit + 1);
             if let (Some(cursor), Some(last)) = (cursor, &after) {
                 query = query.bind(cursor).bind(last.id.clone());
             }
@@ -451,7 +451,7 @@ impl Store {
              WHERE m.conversation_id = $1{cursor_sql} ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
         );
         let mut rows = read!(self, |pool| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(conversation_id).bind(limit + 1);
+            let mut query = sqlx::query(&sql).bind(conversation_id).bind(limit + 1);
             if let Some((created_at, id)) = &cursor {
                 query = query.bind(*created_at).bind(id.clone());
             }
@@ -475,7 +475,7 @@ impl Store {
             "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN message_feedbacks f ON f.message_id = m.id WHERE m.id = $1 AND m.app_id = $2"
         );
         read!(self, |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(&sql)
                 .bind(message_id)
                 .bind(app_id)
                 .fetch_optional(pool)

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
@@ -102,15 +102,33 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "packed node log", include_str!("../migrations/postgres/0002_packed_node_log.sql")),
 ];
 
-fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
-    Migrator::with_migrations(
-        migrations
+/// Migrations compiled into the binary: (version, description, SQL).
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> futures::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        let migrations = self
+            .0
             .iter()
             .map(|(version, description, sql)| {
-                Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sqlx::SqlStr::from_static(sql), false)
+                Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
             })
-            .collect(),
-    )
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
+
+/// Runs the embedded migrations that `pool`'s database has not run yet.
+async fn migrate<DB: sqlx::Database>(
+    migrations: &'static [(i64, &'static str, &'static str)],
+    pool: &sqlx::Pool<DB>,
+) -> Result<(), StoreError>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let migrator = Migrator::new(Embedded(migrations)).await.map_err(|error| StoreError::Migration(error.to_string()))?;
+    migrator.run(pool).await.map_err(|error| StoreError::Migration(error.to_string()))
 }
 
 impl Store {
@@ -128,7 +146,7 @@ impl Store {
                     .connect(url)
                     .await
                     .map_err(|error| StoreError::Database(format!("cannot connect to PostgreSQL: {error}")))?;
-                migrator(POSTGRES_MIGRATIONS).run(&pool).await.map_err(|error| StoreError::Migration(error.to_string()))?;
+                migrate(POSTGRES_MIGRATIONS, &pool).await?;
                 Db::Postgres(pool)
             }
             Some(url) if url.starts_with("sqlite:") => {
@@ -185,7 +203,7 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|error| StoreError::Database(format!("cannot open {}: {error}", path.display())))?;
-        let migrated = migrator(SQLITE_MIGRATIONS).run(&writer).await.map_err(|error| StoreError::Migration(error.to_string()));
+        let migrated = migrate(SQLITE_MIGRATIONS, &writer).await;
         drop(locked);
         migrated?;
         let reader = SqlitePoolOptions::new()

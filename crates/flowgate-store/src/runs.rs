@@ -196,7 +196,7 @@ impl Store {
             "SELECT {RUN_COLUMNS} FROM workflow_runs r LEFT JOIN end_users u ON u.id = r.end_user_id WHERE r.id = $1 AND r.app_id = $2"
         );
         let row = read!(self, |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(&sql)
                 .bind(run_id)
                 .bind(app_id)
                 .fetch_optional(pool)
@@ -253,8 +253,8 @@ impl Store {
             (page - 1) * limit
         );
         let (total, rows) = read!(self, |pool| {
-            let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql));
-            let mut list = sqlx::query(sqlx::AssertSqlSafe(list_sql));
+            let mut count = sqlx::query(&count_sql);
+            let mut list = sqlx::query(&list_sql);
             for text in &texts {
                 count = count.bind(text.clone());
                 list = list.bind(text.clone());

@@ -29,7 +29,7 @@ async fn postgres_store() -> (Store, String) {
     let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("flowgate_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL must be running for the cluster-mode tests");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = match admin_url.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("FLOWGATE_TEST_POSTGRES needs a database path"),
@@ -41,7 +41,7 @@ async fn postgres_store() -> (Store, String) {
 async fn drop_postgres(name: &str) {
     let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
 }
 
 fn new_app(name: &str) -> NewApp {
@@ -287,16 +287,15 @@ async fn node_rows_of_the_first_schema<DB: sqlx::Database>(pool: &sqlx::Pool<DB>
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     DB::Connection: sqlx::migrate::Migrate,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
 {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        "initial".into(),
-        MigrationType::Simple,
-        sqlx::SqlStr::from_static(first_migration),
-        false,
-    )]);
+    let migrator = Migrator {
+        migrations: vec![Migration::new(1, "initial".into(), MigrationType::Simple, first_migration.into(), false)].into(),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
     migrator.run(pool).await.unwrap();
     for sql in [
         "INSERT INTO apps (id, name, mode, current_version_id, created_at, updated_at) VALUES ('app-1', 'old', 'workflow', 'v-1', 1, 1)",
@@ -308,7 +307,7 @@ where
         "INSERT INTO node_executions (id, run_id, position, node_id, node_type, title, status, elapsed_time, created_at, finished_at) \
          VALUES ('exec-1', 'run-1', 1, 'start', 'start', 'Start', 'succeeded', 0.001, 100, 100)",
     ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+        sqlx::raw_sql(sql).execute(pool).await.unwrap();
     }
 }
 
@@ -338,7 +337,7 @@ async fn postgres_node_rows_survive_the_packed_log_migration() {
     let admin_url = std::env::var("FLOWGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("flowgate_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     node_rows_of_the_first_schema(&pool, include_str!("../migrations/postgres/0001_initial.sql")).await;
