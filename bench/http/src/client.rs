@@ -64,9 +64,23 @@ pub enum Until {
     Requests(u64),
 }
 
+/// How requests are sent: each connection sends its next request as soon as the last one is
+/// answered (closed loop: the server's ceiling), or at a fixed rate across all connections
+/// (open loop). Open-loop latencies count from when a request was due, not from when a busy
+/// connection got round to sending it, so a stalled server cannot hide its stall.
+#[derive(Clone, Copy)]
+pub enum Pace {
+    AsFastAsPossible,
+    PerSecond(f64),
+}
+
 /// Sends requests on `connections` keep-alive connections until `until`; latencies are kept only
 /// when `keep_latencies` (a soak of a million requests does not need them).
 pub async fn load(address: &str, connections: usize, make: MakeRequest, until: Until, keep_latencies: bool) -> Outcome {
+    load_paced(address, connections, make, until, Pace::AsFastAsPossible, keep_latencies).await
+}
+
+pub async fn load_paced(address: &str, connections: usize, make: MakeRequest, until: Until, pace: Pace, keep_latencies: bool) -> Outcome {
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -79,7 +93,7 @@ pub async fn load(address: &str, connections: usize, make: MakeRequest, until: U
         Until::Elapsed(_) => u64::MAX,
     };
     let mut workers = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for worker in 0..connections {
         let address = address.to_owned();
         let make = make.clone();
         let issued = issued.clone();
@@ -87,16 +101,33 @@ pub async fn load(address: &str, connections: usize, make: MakeRequest, until: U
         workers.push(tokio::spawn(async move {
             let mut outcome = Outcome::default();
             let mut connection: Option<Connection> = None;
+            // Open loop: this connection's n-th request is due at start + (n × connections +
+            // worker) / rate.
+            let mut own_sent = 0u64;
             loop {
                 if stop.load(Ordering::Relaxed) || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     break;
                 }
+                let due = match pace {
+                    Pace::AsFastAsPossible => None,
+                    Pace::PerSecond(rate) => {
+                        let slot = own_sent * connections as u64 + worker as u64;
+                        Some(started + Duration::from_secs_f64(slot as f64 / rate))
+                    }
+                };
+                if let Some(due) = due {
+                    if deadline.is_some_and(|deadline| due >= deadline) {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                own_sent += 1;
                 let sequence = issued.fetch_add(1, Ordering::Relaxed);
                 if sequence >= limit {
                     break;
                 }
                 let request = make(sequence);
-                let begun = Instant::now();
+                let begun = due.unwrap_or_else(Instant::now);
                 let result = match connection.as_mut() {
                     Some(open) => open.exchange(&request).await,
                     None => match Connection::open(&address).await {

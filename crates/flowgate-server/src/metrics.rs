@@ -1,5 +1,5 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format): HTTP requests by route and
-//! status, run durations and statuses by app, node durations by node type, database pool use
+//! status and their durations, run durations and statuses by app, node durations by node type, database pool use
 //! and the run-log recorder's backlog.
 
 use std::collections::HashMap;
@@ -44,9 +44,17 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// One route's requests: counts by status and how long they took.
+#[derive(Default)]
+struct RouteStats {
+    statuses: Mutex<HashMap<u16, u64>>,
+    duration: Histogram,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    /// Method → route → stats; looked up by `&str`, so counting a request allocates nothing.
+    requests: RwLock<HashMap<String, HashMap<String, Arc<RouteStats>>>>,
     runs: RwLock<HashMap<(String, &'static str), Arc<Histogram>>>,
     nodes: RwLock<HashMap<Arc<str>, Arc<Histogram>>>,
 }
@@ -74,10 +82,19 @@ fn observe<K: Eq + std::hash::Hash + Clone>(map: &RwLock<HashMap<K, Arc<Histogra
 }
 
 impl Metrics {
-    pub fn request(&self, method: &str, route: &str, status: u16) {
-        if let Ok(mut requests) = self.requests.lock() {
-            *requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let known = self.requests.read().ok().and_then(|requests| requests.get(method).and_then(|routes| routes.get(route)).cloned());
+        let stats = match known {
+            Some(stats) => stats,
+            None => {
+                let Ok(mut requests) = self.requests.write() else { return };
+                requests.entry(method.to_owned()).or_default().entry(route.to_owned()).or_default().clone()
+            }
+        };
+        if let Ok(mut statuses) = stats.statuses.lock() {
+            *statuses.entry(status).or_default() += 1;
         }
+        stats.duration.observe(seconds);
     }
 
     pub fn run_finished(&self, app_id: &str, status: &'static str, seconds: f64) {
@@ -92,10 +109,23 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP flowgate_http_requests_total HTTP requests by method, route and status.\n");
         out.push_str("# TYPE flowgate_http_requests_total counter\n");
-        if let Ok(requests) = self.requests.lock() {
-            let mut rows: Vec<_> = requests.iter().collect();
-            rows.sort();
-            for ((method, route, status), count) in rows {
+        let routes: Vec<(String, String, Arc<RouteStats>)> = self
+            .requests
+            .read()
+            .map(|requests| {
+                let mut rows: Vec<_> = requests
+                    .iter()
+                    .flat_map(|(method, routes)| routes.iter().map(|(route, stats)| (method.clone(), route.clone(), stats.clone())))
+                    .collect();
+                rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+                rows
+            })
+            .unwrap_or_default();
+        for (method, route, stats) in &routes {
+            let mut statuses: Vec<(u16, u64)> =
+                stats.statuses.lock().map(|statuses| statuses.iter().map(|(s, n)| (*s, *n)).collect()).unwrap_or_default();
+            statuses.sort_unstable();
+            for (status, count) in statuses {
                 let _ = writeln!(
                     out,
                     "flowgate_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
@@ -103,6 +133,15 @@ impl Metrics {
                     label(route)
                 );
             }
+        }
+        out.push_str("# HELP flowgate_http_request_duration_seconds HTTP requests by method and route, until the response's head.\n");
+        out.push_str("# TYPE flowgate_http_request_duration_seconds histogram\n");
+        for (method, route, stats) in &routes {
+            stats.duration.render(
+                &mut out,
+                "flowgate_http_request_duration_seconds",
+                &format!("method=\"{}\",route=\"{}\"", label(method), label(route)),
+            );
         }
         out.push_str("# HELP flowgate_run_duration_seconds Workflow and chatflow runs by app and final status.\n");
         out.push_str("# TYPE flowgate_run_duration_seconds histogram\n");
@@ -147,7 +186,8 @@ mod tests {
         metrics.run_finished("app\"1", "succeeded", 0.002);
         metrics.run_finished("app\"1", "succeeded", 0.2);
         metrics.node_finished(&Arc::from("llm"), 0.0001);
-        metrics.request("POST", "/v1/workflows/run", 200);
+        metrics.request("POST", "/v1/workflows/run", 200, 0.003);
+        metrics.request("POST", "/v1/workflows/run", 429, 0.0001);
         let text = metrics.render(&Gauges {
             pool_in_use: 1,
             pool_size: 2,
@@ -166,6 +206,11 @@ mod tests {
         assert!(text.contains("flowgate_run_duration_seconds_count{app_id=\"app\\\"1\",status=\"succeeded\"} 2\n"));
         assert!(text.contains("flowgate_node_duration_seconds_count{node_type=\"llm\"} 1\n"));
         assert!(text.contains("flowgate_http_requests_total{method=\"POST\",route=\"/v1/workflows/run\",status=\"200\"} 1\n"));
+        assert!(text.contains("flowgate_http_requests_total{method=\"POST\",route=\"/v1/workflows/run\",status=\"429\"} 1\n"));
+        assert!(
+            text.contains("flowgate_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/workflows/run\",le=\"0.0025\"} 1\n")
+        );
+        assert!(text.contains("flowgate_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/workflows/run\"} 2\n"));
         assert!(text.contains("flowgate_recorder_backlog 3\n"));
     }
 }

@@ -182,7 +182,7 @@ impl Store {
             // on a connection of its own, so the writer never waits for its fsync, was tried:
             // under constant writes a passive checkpoint never catches up, so the WAL never
             // starts over and grows without bound.)
-            .pragma("wal_autocheckpoint", "4096")
+            .pragma("wal_autocheckpoint", "1000")
             .pragma("journal_size_limit", "67108864");
         let lock_path = path.with_extension("migrate.lock");
         let lock = std::fs::OpenOptions::new()

@@ -30,7 +30,7 @@ use flowgate_store::recorder::Recorder;
 use flowgate_store::{App, Store, StoreError};
 
 use crate::api_error::ApiError;
-use crate::cache::TtlCache;
+use crate::cache::{Lookup, TtlCache};
 use crate::limits::{AppLimits, Limiter};
 use crate::metrics::{Gauges, Metrics};
 
@@ -53,7 +53,7 @@ impl Compiled {
 }
 
 /// An app as requests see it: its row and its parsed limits, shared by every request within
-/// [`HOT_CACHE`].
+/// twice [`HOT_CACHE`].
 pub struct ServedApp {
     pub app: App,
     pub limits: AppLimits,
@@ -89,9 +89,9 @@ pub struct ServerState {
     engine: Engine,
     instance_id: String,
     versions: RwLock<HashMap<String, Arc<Compiled>>>,
-    /// Token → app id. A revoked key stops working within [`HOT_CACHE`].
+    /// Token → app id. A revoked key stops working within twice [`HOT_CACHE`].
     keys: TtlCache<String, String>,
-    /// App rows, so a policy change is seen within [`HOT_CACHE`].
+    /// App rows, so a policy change is seen within twice [`HOT_CACHE`].
     apps: TtlCache<String, Arc<ServedApp>>,
     /// (app id, `user`) → end-user id; end users never change once created.
     end_users: TtlCache<(String, String), String>,
@@ -102,15 +102,21 @@ pub struct ServerState {
     admin_token_hash: Option<String>,
 }
 
-/// Past this many unwritten run-log operations new runs are refused (503) until the database
-/// catches up, so a slow database cannot grow memory without bound.
-const RECORDER_BACKLOG_LIMIT: usize = 500_000;
-/// Past this many unwritten operations (a few batches) new runs wait for the run log.
-const RECORDER_BACKLOG_SOFT: usize = 16_384;
+/// Past this many unwritten run-log operations (about 64 MiB of encoded runs) new runs are
+/// refused (503) until the database catches up, so a slow database cannot grow memory without
+/// bound.
+const RECORDER_BACKLOG_LIMIT: usize = 262_144;
+/// Past this many unwritten operations (about a second of them at full speed) new runs wait for
+/// the run log. It is large enough that a checkpoint, which stops SQLite's writer for up to a
+/// tenth of a second, does not hold up requests.
+const RECORDER_BACKLOG_SOFT: usize = 65_536;
 /// The longest a new run waits for the run log before it gets 503.
 const RUN_LOG_WAIT: Duration = Duration::from_secs(10);
 
-const HOT_CACHE: Duration = Duration::from_secs(1);
+/// How long a key → app or app row is used without looking again; for as long again it is
+/// used while one request refreshes it, so a change (a revoked key, a new policy) is seen
+/// within a second.
+const HOT_CACHE: Duration = Duration::from_millis(500);
 
 type Shared = Arc<ServerState>;
 
@@ -176,15 +182,20 @@ impl ServerState {
             return Err(ApiError::unauthorized("Authorization scheme must be 'Bearer'"));
         }
         let token = token.trim();
-        let app_id = match self.keys.get(token) {
-            Some(app_id) => app_id,
-            None => {
-                let app_id = self.store.app_for_token(token).await?.ok_or_else(|| ApiError::unauthorized("Access token is invalid"))?;
-                self.keys.insert(token.to_owned(), app_id.clone());
-                app_id
-            }
+        let app_id = match self.keys.lookup(token) {
+            Lookup::Hit(app_id) => app_id,
+            Lookup::Miss => match self.store.app_for_token(token).await? {
+                Some(app_id) => {
+                    self.keys.insert(token.to_owned(), app_id.clone());
+                    app_id
+                }
+                None => {
+                    self.keys.remove(token);
+                    return Err(ApiError::unauthorized("Access token is invalid"));
+                }
+            },
         };
-        if let Some(app) = self.apps.get(&app_id) {
+        if let Lookup::Hit(app) = self.apps.lookup(&app_id) {
             return Ok((app, token));
         }
         match self.store.app(&app_id).await {
@@ -194,6 +205,7 @@ impl ServerState {
                 Ok((app, token))
             }
             Err(StoreError::NotFound(_)) => {
+                self.apps.remove(&app_id);
                 Err(ApiError::new(StatusCode::FORBIDDEN, "app_unavailable", "App unavailable, please check your app configurations."))
             }
             Err(error) => Err(error.into()),
@@ -202,7 +214,7 @@ impl ServerState {
 
     async fn end_user(&self, app_id: &str, user: &str) -> Result<String, ApiError> {
         let key = (app_id.to_owned(), user.to_owned());
-        if let Some(id) = self.end_users.get(&key) {
+        if let Lookup::Hit(id) = self.end_users.lookup(&key) {
             return Ok(id);
         }
         let id = self.store.end_user(app_id, user).await?;
@@ -366,9 +378,11 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
 
 async fn count_request(State(state): State<Shared>, request: Request, next: axum::middleware::Next) -> Response {
     let method = request.method().clone();
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|path| path.as_str().to_owned()).unwrap_or_default();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.request(method.as_str(), &route, response.status().as_u16());
+    let route = route.as_ref().map_or("", |path| path.as_str());
+    state.metrics.request(method.as_str(), route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

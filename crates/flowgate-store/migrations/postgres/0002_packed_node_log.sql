@@ -10,9 +10,9 @@ CREATE TABLE run_nodes (
     nodes BIGINT NOT NULL,
     -- `raw` (JSON) or `lz4` (the JSON compressed, size-prepended).
     codec TEXT NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (run_id, seq)
+    data BYTEA NOT NULL
 );
+CREATE UNIQUE INDEX run_nodes_run ON run_nodes (run_id, seq);
 
 INSERT INTO run_nodes (run_id, seq, nodes, codec, data)
 SELECT run_id, 0, COUNT(*), 'raw', convert_to(json_agg(json_build_object(

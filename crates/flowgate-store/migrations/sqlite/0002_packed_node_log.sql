@@ -3,6 +3,8 @@
 -- and one index entry instead of ten rows and twenty entries: fewer pages written per run and
 -- far less per-row overhead in the database. Payloads stay content-addressed in `payloads`;
 -- the array holds their hashes.
+-- A rowid table: rows are appended in insertion order and pages fill up (a WITHOUT ROWID
+-- table keyed by run id left its kilobyte-sized rows in half-empty pages: twice the bytes).
 CREATE TABLE run_nodes (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -10,9 +12,9 @@ CREATE TABLE run_nodes (
     nodes INTEGER NOT NULL,
     -- `raw` (JSON) or `lz4` (the JSON compressed, size-prepended).
     codec TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX run_nodes_run ON run_nodes (run_id, seq);
 
 INSERT INTO run_nodes (run_id, seq, nodes, codec, data)
 SELECT run_id, 0, COUNT(*), 'raw', CAST(json_group_array(json_object(
