@@ -33,6 +33,9 @@ impl Blobs {
             Some(url) if url.starts_with("file://") => Self::local(std::path::Path::new(url.trim_start_matches("file://"))),
             Some(url) if url.starts_with("s3://") => {
                 let parsed = url::Url::parse(url).map_err(|error| StoreError::Config(format!("BLOB_URL {url}: {error}")))?;
+                // reqwest is built without a default TLS provider, so the one stack is chosen here
+                // (ring); the egress client may have installed the same one first.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let bucket = parsed.host_str().ok_or_else(|| StoreError::Config(format!("BLOB_URL {url} names no bucket")))?;
                 let store = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
