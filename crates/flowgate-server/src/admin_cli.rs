@@ -399,6 +399,8 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
                 fail_orphaned_runs(&heartbeat_store, &heartbeat_id, instance_timeout).await;
             }
         });
+        let watched = state.clone();
+        let config_watch = tokio::spawn(async move { watched.follow_config_changes().await });
         let purge_store = store.clone();
         let purge = tokio::spawn(async move {
             loop {
@@ -412,6 +414,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         });
         let result = crate::service::serve(state, listen, max_body_bytes, grace).await;
         heartbeat.abort();
+        config_watch.abort();
         purge.abort();
         let _ = store.unregister_instance(&instance_id).await;
         match result {

@@ -423,6 +423,15 @@ impl Store {
         if updated == 0 { Err(StoreError::NotFound("api key")) } else { Ok(()) }
     }
 
+    /// A counter that moves whenever an app or an API key changes (by any process): a server
+    /// that sees it move drops what it cached of them.
+    pub async fn config_epoch(&self) -> Result<i64, StoreError> {
+        read!(self, |pool| sqlx::query_scalar::<_, i64>("SELECT epoch FROM config_epoch WHERE id = 1")
+            .fetch_one(pool)
+            .await
+            .map_err(|error| self.error(error)))
+    }
+
     /// The app a live (not revoked) token belongs to.
     pub async fn app_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
         read!(self, |pool| {

@@ -96,10 +96,12 @@ pub(crate) use {read, write};
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "packed node log", include_str!("../migrations/sqlite/0002_packed_node_log.sql")),
+    (3, "config epoch", include_str!("../migrations/sqlite/0003_config_epoch.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "packed node log", include_str!("../migrations/postgres/0002_packed_node_log.sql")),
+    (3, "config epoch", include_str!("../migrations/postgres/0003_config_epoch.sql")),
 ];
 
 /// Migrations compiled into the binary: (version, description, SQL).

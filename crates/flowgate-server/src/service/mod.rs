@@ -114,9 +114,14 @@ const RECORDER_BACKLOG_SOFT: usize = 65_536;
 const RUN_LOG_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a key → app or app row is used without looking again; for as long again it is
-/// used while one request refreshes it, so a change (a revoked key, a new policy) is seen
-/// within a second.
+/// used while one request refreshes it. Changes are normally seen sooner, through
+/// [`CONFIG_POLL`]; this bounds how stale a cache can get if the database stops answering
+/// that poll.
 const HOT_CACHE: Duration = Duration::from_millis(500);
+
+/// How often each server asks whether an app or key changed (one indexed read of one row:
+/// about a hundred a second per server, next to thousands of requests).
+const CONFIG_POLL: Duration = Duration::from_millis(10);
 
 type Shared = Arc<ServerState>;
 
@@ -137,6 +142,26 @@ impl ServerState {
             metrics: Metrics::default(),
             admin_token_hash: admin_token.map(flowgate_store::token_hash),
         })
+    }
+
+    /// Follows changes to apps and keys made by any process (the CLI, another replica, this
+    /// server's management API): when the database's change counter moves, every cached key
+    /// and app row is dropped, so a revoked key or a new version or policy applies at once.
+    pub async fn follow_config_changes(&self) {
+        let mut seen = None;
+        loop {
+            match self.store.config_epoch().await {
+                Ok(epoch) => {
+                    if seen.is_some_and(|seen| seen != epoch) {
+                        self.keys.clear();
+                        self.apps.clear();
+                    }
+                    seen = Some(epoch);
+                }
+                Err(error) => tracing::debug!(%error, "reading the config epoch failed"),
+            }
+            tokio::time::sleep(CONFIG_POLL).await;
+        }
     }
 
     /// Admission for a new run: the run log must keep up, and the app's concurrency limit has a
@@ -184,9 +209,9 @@ impl ServerState {
         let token = token.trim();
         let app_id = match self.keys.lookup(token) {
             Lookup::Hit(app_id) => app_id,
-            Lookup::Miss => match self.store.app_for_token(token).await? {
+            Lookup::Miss(ticket) => match self.store.app_for_token(token).await? {
                 Some(app_id) => {
-                    self.keys.insert(token.to_owned(), app_id.clone());
+                    self.keys.insert(ticket, token.to_owned(), app_id.clone());
                     app_id
                 }
                 None => {
@@ -195,13 +220,14 @@ impl ServerState {
                 }
             },
         };
-        if let Lookup::Hit(app) = self.apps.lookup(&app_id) {
-            return Ok((app, token));
-        }
+        let ticket = match self.apps.lookup(&app_id) {
+            Lookup::Hit(app) => return Ok((app, token)),
+            Lookup::Miss(ticket) => ticket,
+        };
         match self.store.app(&app_id).await {
             Ok(app) => {
                 let app = Arc::new(ServedApp::new(app));
-                self.apps.insert(app_id, app.clone());
+                self.apps.insert(ticket, app_id, app.clone());
                 Ok((app, token))
             }
             Err(StoreError::NotFound(_)) => {
@@ -214,11 +240,12 @@ impl ServerState {
 
     async fn end_user(&self, app_id: &str, user: &str) -> Result<String, ApiError> {
         let key = (app_id.to_owned(), user.to_owned());
-        if let Lookup::Hit(id) = self.end_users.lookup(&key) {
-            return Ok(id);
-        }
+        let ticket = match self.end_users.lookup(&key) {
+            Lookup::Hit(id) => return Ok(id),
+            Lookup::Miss(ticket) => ticket,
+        };
         let id = self.store.end_user(app_id, user).await?;
-        self.end_users.insert(key, id.clone());
+        self.end_users.insert(ticket, key, id.clone());
         Ok(id)
     }
 
