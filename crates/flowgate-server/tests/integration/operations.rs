@@ -1,6 +1,8 @@
 //! What operators rely on: rate and concurrency limits answering Dify's 429s, request-size
-//! limits, bad input refused with nothing written, Prometheus metrics, and runs cut off by a
-//! `kill -9` marked failed after a restart while everything else survives.
+//! limits, bad input refused with nothing written, Prometheus metrics, runs cut off by a
+//! `kill -9` marked failed after a restart while everything else survives, a graceful shutdown
+//! that lets runs finish, 503 with `Retry-After` when the database pool is exhausted, and a
+//! failed migration that stops the process.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -100,14 +102,14 @@ fn limits_bad_input_and_metrics() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(logged_runs(&server.address, &key), 1, "refused requests must not be recorded");
 
-    // Per-key rate: a policy set with the CLI while the server runs applies within a second.
+    // Per-key rate: a policy set with the CLI while the server runs applies at once.
     let policy = deployment
         .flowgate()
         .args(["apps", "policy", app["app_id"].as_str().unwrap(), "--limits", r#"{"per_key": {"requests_per_hour": 3}}"#])
         .output()
         .unwrap();
     assert!(policy.status.success(), "{}", String::from_utf8_lossy(&policy.stderr));
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(50));
     for _ in 0..3 {
         assert_eq!(http(&server.address, "POST", "/v1/workflows/run", Some(&key), Some(&run)).0, 200);
     }
@@ -129,7 +131,7 @@ fn limits_bad_input_and_metrics() {
         .output()
         .unwrap();
     assert!(limited.status.success());
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(50));
     let slow_run = json!({"inputs": {"url": slow_endpoint(Duration::from_secs(3))}, "user": "ops", "response_mode": "streaming"});
     let (_first, _) = start_streaming(&server.address, &slow_key, &slow_run);
     let (status, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&slow_key), Some(&slow_run.to_string()));
@@ -189,4 +191,97 @@ fn kill_9_sqlite() {
 #[test]
 fn kill_9_postgres() {
     killed_runs_fail_after_restart(&Deployment::postgres("kill"));
+}
+
+/// Reads a streaming response to its end.
+fn read_to_end(mut stream: TcpStream, seen: String) -> String {
+    let mut rest = Vec::new();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = stream.read_to_end(&mut rest);
+    seen + &String::from_utf8_lossy(&rest)
+}
+
+#[test]
+fn a_graceful_shutdown_lets_runs_finish() {
+    let deployment = Deployment::sqlite("shutdown");
+    let slow = deployment.import("tests/service/slow-workflow.yml");
+    let key = slow["api_key"].as_str().unwrap().to_owned();
+    let mut server = deployment.serve(&["--allow-network", "127.0.0.1/32", "--shutdown-grace", "20"]);
+    let slow_run = json!({"inputs": {"url": slow_endpoint(Duration::from_secs(2))}, "user": "ops", "response_mode": "streaming"});
+    let (stream, run_id) = start_streaming(&server.address, &key, &slow_run);
+    let terminated = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(terminated.success());
+
+    // The run in progress finishes and its client gets the whole stream.
+    let events = read_to_end(stream, String::new());
+    assert!(events.contains("\"event\":\"workflow_finished\""), "{events}");
+    assert!(events.contains("\"status\":\"succeeded\""), "{events}");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "a graceful shutdown exits 0: {status}");
+
+    // The run is in the log as succeeded, not failed by crash recovery.
+    let server = deployment.serve(&[]);
+    let (status, body) = http(&server.address, "GET", &format!("/v1/workflows/run/{run_id}"), Some(&key), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Json>(&body).unwrap()["status"], "succeeded", "{body}");
+}
+
+#[test]
+fn an_exhausted_database_pool_answers_503_with_retry_after() {
+    let deployment = Deployment::postgres("pool");
+    let first = deployment.import("bench/workloads/bench2.yml");
+    let second = deployment.import("bench/workloads/bench2.yml");
+    let server = deployment.serve(&["--max-connections", "1", "--acquire-timeout-ms", "300"]);
+    let database_url = deployment.database_url.clone().unwrap();
+
+    // Another client holds a lock on the apps table: the server's one connection waits on it
+    // inside the first request, and the second request finds no connection.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut locker = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&database_url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut connection).await.unwrap();
+        sqlx::query("LOCK TABLE apps IN ACCESS EXCLUSIVE MODE").execute(&mut connection).await.unwrap();
+        connection
+    });
+    let address = server.address.clone();
+    let first_key = first["api_key"].as_str().unwrap().to_owned();
+    let waiting = std::thread::spawn(move || http(&address, "GET", "/v1/info", Some(&first_key), None));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (status, head, body) =
+        crate::harness::request(&server.address, "GET", "/v1/info", second["api_key"].as_str(), "application/json", "");
+    assert_eq!(status, 503, "{head}{body}");
+    assert!(head.contains("retry-after: "), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the request waited up to the pool deadline, not forever");
+    assert!(!body.contains("too many clients"), "{body}");
+
+    runtime.block_on(async { sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap() });
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(status, 200, "the request that held the connection completes once the lock is gone: {body}");
+    assert_eq!(http(&server.address, "GET", "/v1/info", second["api_key"].as_str(), None).0, 200, "and the pool recovers");
+}
+
+#[test]
+fn a_failed_migration_stops_the_process_with_a_non_zero_exit() {
+    let deployment = Deployment::sqlite("migration");
+    let migrated = deployment.flowgate().arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    // Forget that the latest migration ran: running it again fails (its table exists).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", deployment.data_dir.join("flowgate.db").display());
+        let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    });
+    for command in [&["migrate"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+        let output = deployment.flowgate().args(command).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(stderr.contains("migration") && stderr.contains("config_epoch"), "{command:?} names the failed migration: {stderr}");
+    }
 }
