@@ -1,0 +1,26 @@
+//! The model gateway core: provider adapters behind one request/response/stream type
+//! ([`types`]), with every failure classified ([`error`]) so that routing and retries decide
+//! from the class.
+
+pub mod error;
+pub mod openai;
+pub mod types;
+
+pub use error::{ErrorClass, ProviderError};
+pub use openai::{ChatStream, OpenAiTarget, Timeouts};
+pub use types::{ChatRequest, ChatResponse, Content, Message, StreamEvent, TokenUsage};
+
+/// The HTTP client model calls share: rustls on ring (the one TLS stack), pooled connections,
+/// no redirects (an API that redirects is misconfigured), no proxy from the environment.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    // Another component may have installed the same provider first; either way ring is used.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| format!("cannot build the model HTTP client: {error}"))
+}
