@@ -2,12 +2,17 @@
 //! ([`types`]), with every failure classified ([`error`]) so that routing and retries decide
 //! from the class.
 
+pub mod anthropic;
 pub mod error;
 pub mod openai;
+mod stream;
+mod transport;
 pub mod types;
 
+pub use anthropic::AnthropicTarget;
 pub use error::{ErrorClass, ProviderError};
-pub use openai::{ChatStream, OpenAiTarget, Timeouts};
+pub use openai::{OpenAiTarget, Timeouts};
+pub use stream::ChatStream;
 pub use types::{ChatRequest, ChatResponse, Content, Message, StreamEvent, TokenUsage};
 
 /// The HTTP client model calls share: rustls on ring (the one TLS stack), pooled connections,

@@ -1,0 +1,80 @@
+//! The Anthropic adapter against the mock upstream, over real HTTP: the request is translated
+//! to the Messages API and the answer back to the one response type.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use flowgate_mock_upstream::{Behaviour, MockUpstream, StreamFailure};
+use flowgate_models::openai::text_messages;
+use flowgate_models::{AnthropicTarget, ChatRequest, ErrorClass, StreamEvent, Timeouts, TokenUsage};
+use serde_json::json;
+
+fn target(mock: &MockUpstream) -> AnthropicTarget {
+    AnthropicTarget::new(
+        "claude-mock",
+        &format!("http://{}", mock.address),
+        "sk-ant-secret".into(),
+        flowgate_models::http_client().unwrap(),
+    )
+}
+
+fn request(text: &str) -> ChatRequest {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("max_completion_tokens".into(), json!(100));
+    parameters.insert("max_tokens".into(), json!(50));
+    parameters.insert("stop".into(), json!("END"));
+    parameters.insert("presence_penalty".into(), json!(0.5));
+    ChatRequest { model: "claude-test".into(), messages: text_messages(&[("system", "Be brief."), ("user", text)]), parameters }
+}
+
+#[tokio::test]
+async fn a_request_becomes_a_messages_call_and_the_answer_comes_back() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("claude-test", vec![Behaviour::reply("Short answer here.")]);
+    let answer = target(&mock).chat(&request("Question?"), Timeouts::default()).await.unwrap();
+    assert_eq!(answer.content, "Short answer here.");
+    assert_eq!(answer.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(answer.usage, Some(TokenUsage { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 }));
+    let sent = &mock.received()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.authorization.as_deref(), Some("sk-ant-secret"), "the key goes in x-api-key");
+    assert_eq!(sent.body["system"], "Be brief.");
+    assert_eq!(sent.body["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "Question?"}]}]));
+    assert_eq!(sent.body["max_tokens"], 100, "the larger of max_tokens and max_completion_tokens");
+    assert_eq!(sent.body["stop_sequences"], json!(["END"]));
+    assert!(sent.body.get("presence_penalty").is_none(), "parameters Anthropic lacks are not sent");
+}
+
+#[tokio::test]
+async fn a_stream_arrives_with_usage() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("claude-test", vec![Behaviour::reply("alpha beta")]);
+    let mut stream = target(&mock).chat_stream(&request("Go"), Timeouts::default()).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event.unwrap());
+    }
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Text("alpha ".into()),
+            StreamEvent::Text("beta".into()),
+            StreamEvent::Finish("stop".into()),
+            StreamEvent::Usage(TokenUsage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 }),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn overloaded_and_cut_streams_are_retryable() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script(
+        "claude-test",
+        vec![Behaviour::error(529, "overloaded_error", "Overloaded"), Behaviour::reply("x").failing(StreamFailure::BeforeFirstToken)],
+    );
+    let target = target(&mock);
+    let overloaded = target.chat(&request("a"), Timeouts::default()).await.unwrap_err();
+    assert_eq!((overloaded.class.clone(), overloaded.status), (ErrorClass::Overloaded, Some(529)));
+    let cut = target.chat_stream(&request("a"), Timeouts::default()).await.err().unwrap();
+    assert_eq!(cut.class, ErrorClass::Connection);
+    assert!(overloaded.class.is_retryable() && cut.class.is_retryable());
+}
