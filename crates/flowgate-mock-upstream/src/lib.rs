@@ -160,6 +160,7 @@ impl Shared {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .or_else(|| headers.get("x-api-key"))
+            .or_else(|| headers.get("api-key"))
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         let model = body["model"].as_str().unwrap_or_default().to_owned();
@@ -234,6 +235,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/openai/deployments/{deployment}/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic_messages))
@@ -367,9 +369,9 @@ fn anthropic_sse(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else { return bad_request("We could not parse the JSON body of your request.") };
-    shared.record("/v1/chat/completions", &headers, &body);
+    shared.record(&uri.to_string(), &headers, &body);
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     if model.is_empty() || !body["messages"].is_array() {
         return bad_request("you must provide a model parameter and messages");

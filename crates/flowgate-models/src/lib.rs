@@ -3,7 +3,9 @@
 //! from the class.
 
 pub mod anthropic;
+pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod openai;
 mod stream;
 mod transport;
@@ -11,6 +13,7 @@ pub mod types;
 
 pub use anthropic::AnthropicTarget;
 pub use error::{ErrorClass, ProviderError};
+pub use gateway::{Gateway, GatewayError, Served};
 pub use openai::{OpenAiTarget, Timeouts};
 pub use stream::ChatStream;
 pub use types::{ChatRequest, ChatResponse, Content, Message, StreamEvent, TokenUsage};

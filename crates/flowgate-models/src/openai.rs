@@ -34,13 +34,36 @@ pub struct OpenAiTarget {
     label: String,
     /// Up to and including `/v1` (OpenAI) or the server's equivalent.
     base_url: String,
+    /// Azure's `?api-version=…`; empty elsewhere.
+    query: String,
     api_key: Option<String>,
+    /// Azure takes the key in `api-key`; everyone else as a bearer token.
+    key_header: Option<&'static str>,
     client: reqwest::Client,
 }
 
 impl OpenAiTarget {
     pub fn new(label: &str, base_url: &str, api_key: Option<String>, client: reqwest::Client) -> Self {
-        Self { label: label.to_owned(), base_url: base_url.trim_end_matches('/').to_owned(), api_key, client }
+        Self {
+            label: label.to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            query: String::new(),
+            api_key,
+            key_header: None,
+            client,
+        }
+    }
+
+    /// An Azure OpenAI deployment: `{endpoint}/openai/deployments/{deployment}/…?api-version=…`.
+    pub fn azure(label: &str, endpoint: &str, deployment: &str, api_version: &str, api_key: String, client: reqwest::Client) -> Self {
+        Self {
+            label: label.to_owned(),
+            base_url: format!("{}/openai/deployments/{deployment}", endpoint.trim_end_matches('/')),
+            query: format!("?api-version={api_version}"),
+            api_key: Some(api_key),
+            key_header: Some("api-key"),
+            client,
+        }
     }
 
     pub fn label(&self) -> &str {
@@ -65,10 +88,12 @@ impl OpenAiTarget {
     }
 
     async fn send(&self, path: &str, body: &Value, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
-        let mut request = self.client.post(format!("{}{path}", self.base_url));
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
+        let mut request = self.client.post(format!("{}{path}{}", self.base_url, self.query));
+        request = match (&self.api_key, self.key_header) {
+            (Some(key), Some(header)) => request.header(header, key),
+            (Some(key), None) => request.bearer_auth(key),
+            (None, _) => request,
+        };
         post_json(request, &self.label, body, deadline).await
     }
 

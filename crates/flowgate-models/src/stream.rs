@@ -24,6 +24,8 @@ pub struct ChatStream {
     deadline: Instant,
     dialect: Dialect,
     state: StreamState,
+    /// Keeps the call counted on its target while the stream lives.
+    in_flight: Option<crate::gateway::InFlight>,
 }
 
 /// Which wire format the events are in.
@@ -47,6 +49,10 @@ pub(crate) struct StreamState {
 }
 
 impl ChatStream {
+    pub(crate) fn hold(&mut self, in_flight: crate::gateway::InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
     /// Wraps a streaming response and waits for its first event, so that an upstream that
     /// fails before its first token fails here, where the caller can still try another.
     pub(crate) async fn start(
@@ -64,6 +70,7 @@ impl ChatStream {
             deadline,
             dialect,
             state: StreamState::default(),
+            in_flight: None,
         };
         match tokio::time::timeout_at(first_token_deadline, stream.fill()).await {
             Err(_) => Err(ProviderError::new(ErrorClass::Timeout, label, "no first token in time")),

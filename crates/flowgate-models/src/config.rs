@@ -1,0 +1,467 @@
+//! The models file: logical models and their targets, the mapping from the provider and model
+//! names in Dify DSLs to logical models, the default model and the gateway's API keys. Secrets
+//! come from the environment (`${VAR}`); errors name the line and never show a secret.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Everything wrong with a models file, each with its line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    models: Vec<Spanned<RawModel>>,
+    #[serde(default)]
+    dify: Vec<Spanned<RawMapping>>,
+    #[serde(default)]
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    gateway_keys: Vec<Spanned<RawGatewayKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    #[serde(default)]
+    routing: Option<String>,
+    targets: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    #[serde(default)]
+    timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    cache: Option<RawCache>,
+    /// The output cap assumed for token limits when a request sets none.
+    #[serde(default)]
+    default_max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: String,
+    model: String,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    metrics_url: Option<String>,
+    /// Azure OpenAI: the deployment name and API version.
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    api_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default)]
+    first_token_ms: Option<u64>,
+    #[serde(default)]
+    total_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    provider: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(rename = "use")]
+    target: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayKey {
+    name: String,
+    key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    WeightedRoundRobin,
+    LeastInFlight,
+    Latency,
+    PrefixAffinity,
+    EngineMetrics,
+}
+
+impl Routing {
+    const NAMES: &'static str = "weighted_round_robin, least_in_flight, latency, prefix_affinity, engine_metrics";
+
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "weighted_round_robin" | "round_robin" => Self::WeightedRoundRobin,
+            "least_in_flight" => Self::LeastInFlight,
+            "latency" => Self::Latency,
+            "prefix_affinity" => Self::PrefixAffinity,
+            "engine_metrics" | "vllm_metrics" => Self::EngineMetrics,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// OpenAI and every server speaking its API.
+    OpenAiCompatible,
+    /// Azure OpenAI: `deployment` and `api_version` in the URL, the key in `api-key`.
+    Azure {
+        deployment: String,
+        api_version: String,
+    },
+    Anthropic,
+}
+
+/// One upstream: a provider endpoint and model, with one or more keys that rotate.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// `provider/model@host`, for errors and metrics.
+    pub label: String,
+    pub provider: Provider,
+    pub model: String,
+    pub base_url: String,
+    pub api_keys: Vec<String>,
+    pub weight: u32,
+    pub metrics_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub routing: Routing,
+    pub targets: Vec<TargetConfig>,
+    pub fallbacks: Vec<String>,
+    pub first_token_timeout: Duration,
+    pub total_timeout: Duration,
+    /// Tries across targets (and fallback models) for one request, the first included.
+    pub max_attempts: u32,
+    pub cache_ttl: Option<Duration>,
+    pub default_max_tokens: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    pub models: Vec<ModelConfig>,
+    /// (DSL provider, DSL model or `None` for any) → logical model.
+    pub dify: Vec<(String, Option<String>, String)>,
+    pub default: Option<String>,
+    /// (name, key).
+    pub gateway_keys: Vec<(String, String)>,
+}
+
+impl GatewayConfig {
+    /// Reads a models file; `${VAR}` is replaced from `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw: RawFile = serde_saphyr::from_str(text).map_err(|error| {
+            let line = error.location().map(|location| location.line());
+            let message = error.to_string();
+            let message = message.lines().next().unwrap_or_default().to_owned();
+            ConfigError { problems: vec![ConfigProblem { line, message }] }
+        })?;
+        let mut problems = Vec::new();
+        let mut config = GatewayConfig::default();
+        let names: HashSet<&str> = raw.models.iter().map(|model| model.value.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for model in &raw.models {
+            let line = Some(model.referenced.line());
+            let mut problem = |message: String| problems.push(ConfigProblem { line, message });
+            let raw_model = &model.value;
+            if !seen.insert(raw_model.name.as_str()) {
+                problem(format!("model `{}` is defined twice", raw_model.name));
+            }
+            let routing = match raw_model.routing.as_deref() {
+                None => Routing::WeightedRoundRobin,
+                Some(name) => Routing::parse(name).unwrap_or_else(|| {
+                    problem(format!("model `{}`: unknown routing `{name}` (expected one of {})", raw_model.name, Routing::NAMES));
+                    Routing::WeightedRoundRobin
+                }),
+            };
+            if raw_model.targets.is_empty() {
+                problem(format!("model `{}` has no targets", raw_model.name));
+            }
+            for fallback in &raw_model.fallbacks {
+                if !names.contains(fallback.as_str()) {
+                    problem(format!("model `{}`: fallback `{fallback}` is not a model in this file", raw_model.name));
+                } else if fallback == &raw_model.name {
+                    problem(format!("model `{}` falls back to itself", raw_model.name));
+                }
+            }
+            let mut targets = Vec::new();
+            for target in &raw_model.targets {
+                match target_config(&target.value, env) {
+                    Ok(parsed) => targets.push(parsed),
+                    Err(message) => problems.push(ConfigProblem {
+                        line: Some(target.referenced.line()),
+                        message: format!("model `{}`: {message}", raw_model.name),
+                    }),
+                }
+            }
+            if routing == Routing::EngineMetrics && targets.iter().any(|target| target.metrics_url.is_none()) {
+                problems.push(ConfigProblem {
+                    line,
+                    message: format!("model `{}`: engine_metrics routing needs a metrics_url on every target", raw_model.name),
+                });
+            }
+            let timeouts = raw_model.timeouts.as_ref();
+            config.models.push(ModelConfig {
+                name: raw_model.name.clone(),
+                routing,
+                targets,
+                fallbacks: raw_model.fallbacks.clone(),
+                first_token_timeout: Duration::from_millis(timeouts.and_then(|t| t.first_token_ms).unwrap_or(30_000)),
+                total_timeout: Duration::from_millis(timeouts.and_then(|t| t.total_ms).unwrap_or(600_000)),
+                max_attempts: raw_model.max_attempts.unwrap_or(3).clamp(1, 16),
+                cache_ttl: raw_model.cache.as_ref().map(|cache| Duration::from_secs(cache.ttl_seconds)),
+                default_max_tokens: raw_model.default_max_tokens.unwrap_or(4096),
+            });
+        }
+        for mapping in &raw.dify {
+            let raw_mapping = &mapping.value;
+            if !names.contains(raw_mapping.target.as_str()) {
+                problems.push(ConfigProblem {
+                    line: Some(mapping.referenced.line()),
+                    message: format!("dify mapping for `{}`: `{}` is not a model in this file", raw_mapping.provider, raw_mapping.target),
+                });
+            }
+            config.dify.push((raw_mapping.provider.clone(), raw_mapping.model.clone(), raw_mapping.target.clone()));
+        }
+        if let Some(default) = &raw.default {
+            if !names.contains(default.value.as_str()) {
+                problems.push(ConfigProblem {
+                    line: Some(default.referenced.line()),
+                    message: format!("default `{}` is not a model in this file", default.value),
+                });
+            }
+            config.default = Some(default.value.clone());
+        }
+        for key in &raw.gateway_keys {
+            match expand(&key.value.key, env) {
+                Ok(secret) if secret.len() >= 16 => config.gateway_keys.push((key.value.name.clone(), secret)),
+                Ok(_) => problems.push(ConfigProblem {
+                    line: Some(key.referenced.line()),
+                    message: format!("gateway key `{}` is shorter than 16 characters", key.value.name),
+                }),
+                Err(message) => problems.push(ConfigProblem {
+                    line: Some(key.referenced.line()),
+                    message: format!("gateway key `{}`: {message}", key.value.name),
+                }),
+            }
+        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+    }
+
+    /// The logical model a DSL's provider and model name resolve to: an exact mapping, then
+    /// the provider's catch-all, then a logical model with the DSL's model name, then the
+    /// default.
+    pub fn resolve(&self, provider: &str, model: &str) -> Option<&str> {
+        let provider = short_provider(provider);
+        let matches = |wanted: &str| short_provider(wanted) == provider;
+        self.dify
+            .iter()
+            .find(|(wanted, name, _)| matches(wanted) && name.as_deref() == Some(model))
+            .or_else(|| self.dify.iter().find(|(wanted, name, _)| matches(wanted) && name.is_none()))
+            .map(|(_, _, target)| target.as_str())
+            .or_else(|| self.models.iter().find(|candidate| candidate.name == model).map(|found| found.name.as_str()))
+            .or(self.default.as_deref())
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|model| model.name == name)
+    }
+}
+
+/// `langgenius/openai/openai` and `openai` name the same provider: plugin ids end in the
+/// provider's name.
+fn short_provider(provider: &str) -> &str {
+    provider.rsplit('/').next().unwrap_or(provider)
+}
+
+fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<TargetConfig, String> {
+    let base_url = raw.base_url.as_deref().map(|url| expand(url, env)).transpose()?;
+    let api_keys = raw.api_keys.iter().map(|key| expand(key, env)).collect::<Result<Vec<_>, _>>()?;
+    let (provider, base_url) = match raw.provider.as_str() {
+        "openai" => (Provider::OpenAiCompatible, base_url.unwrap_or_else(|| "https://api.openai.com/v1".into())),
+        "openai_compatible" | "vllm" | "sglang" | "ollama" | "lm_studio" | "deepseek" | "siliconflow" | "openrouter" => {
+            let default = match raw.provider.as_str() {
+                "deepseek" => Some("https://api.deepseek.com/v1"),
+                "siliconflow" => Some("https://api.siliconflow.cn/v1"),
+                "openrouter" => Some("https://openrouter.ai/api/v1"),
+                "ollama" => Some("http://127.0.0.1:11434/v1"),
+                _ => None,
+            };
+            let url = base_url
+                .or_else(|| default.map(str::to_owned))
+                .ok_or_else(|| format!("target `{}`: provider {} needs a base_url", raw.model, raw.provider))?;
+            (Provider::OpenAiCompatible, url)
+        }
+        // Gemini through Google's OpenAI-compatible endpoint.
+        "gemini" => {
+            (Provider::OpenAiCompatible, base_url.unwrap_or_else(|| "https://generativelanguage.googleapis.com/v1beta/openai".into()))
+        }
+        "azure" => {
+            let url =
+                base_url.ok_or_else(|| format!("target `{}`: azure needs a base_url (https://RESOURCE.openai.azure.com)", raw.model))?;
+            let deployment = raw.deployment.clone().unwrap_or_else(|| raw.model.clone());
+            let api_version = raw.api_version.clone().unwrap_or_else(|| "2024-10-21".into());
+            (Provider::Azure { deployment, api_version }, url)
+        }
+        "anthropic" => (Provider::Anthropic, base_url.unwrap_or_else(|| "https://api.anthropic.com".into())),
+        other => {
+            return Err(format!(
+                "target `{}`: unknown provider `{other}` (expected openai, openai_compatible, vllm, sglang, ollama, lm_studio, deepseek, siliconflow, openrouter, gemini, azure, anthropic)",
+                raw.model
+            ));
+        }
+    };
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(format!("target `{}`: base_url must start with http:// or https://", raw.model));
+    }
+    if matches!(provider, Provider::Anthropic | Provider::Azure { .. }) && api_keys.is_empty() {
+        return Err(format!("target `{}`: provider {} needs api_keys", raw.model, raw.provider));
+    }
+    let host = base_url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
+    Ok(TargetConfig {
+        label: format!("{}/{}@{host}", raw.provider, raw.model),
+        provider,
+        model: raw.model.clone(),
+        base_url,
+        api_keys,
+        weight: raw.weight.unwrap_or(1).max(1),
+        metrics_url: raw.metrics_url.as_deref().map(|url| expand(url, env)).transpose()?,
+    })
+}
+
+/// Replaces `${VAR}` with the variable's value; a missing variable is an error naming it.
+fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| "an unterminated `${` in a value".to_owned())?;
+        let name = &after[..end];
+        out.push_str(&env(name).ok_or_else(|| format!("environment variable {name} is not set"))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_KEY" => Some("sk-live-secret-value".into()),
+            "GATEWAY_KEY" => Some("fg-0123456789abcdef".into()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = "\
+models:
+  - name: main
+    routing: least_in_flight
+    targets:
+      - {provider: openai, model: gpt-4o-mini, api_keys: ['${OPENAI_KEY}']}
+      - {provider: vllm, model: qwen, base_url: 'http://10.0.0.5:8000/v1', weight: 3}
+    fallbacks: [backup]
+  - name: backup
+    targets:
+      - {provider: anthropic, model: claude-haiku, api_keys: ['${OPENAI_KEY}']}
+dify:
+  - {provider: langgenius/openai/openai, model: gpt-4o, use: main}
+  - {provider: anthropic, use: backup}
+default: main
+gateway_keys:
+  - {name: backend, key: '${GATEWAY_KEY}'}
+";
+
+    #[test]
+    fn a_good_file_reads_with_secrets_from_the_environment() {
+        let config = GatewayConfig::parse(GOOD, &env).unwrap();
+        let main = config.model("main").unwrap();
+        assert_eq!(main.routing, Routing::LeastInFlight);
+        assert_eq!(main.targets[0].api_keys, vec!["sk-live-secret-value".to_owned()]);
+        assert_eq!(main.targets[0].base_url, "https://api.openai.com/v1");
+        assert_eq!(main.targets[1].weight, 3);
+        assert_eq!(main.targets[1].label, "vllm/qwen@10.0.0.5:8000");
+        assert_eq!(config.gateway_keys, vec![("backend".to_owned(), "fg-0123456789abcdef".to_owned())]);
+        // Dify names: exact, provider catch-all, plugin ids, then the default.
+        assert_eq!(config.resolve("openai", "gpt-4o"), Some("main"));
+        assert_eq!(config.resolve("langgenius/anthropic/anthropic", "claude-3-5-sonnet"), Some("backup"));
+        assert_eq!(config.resolve("siliconflow", "deepseek-v3"), Some("main"));
+        assert_eq!(config.resolve("x", "backup"), Some("backup"), "a logical model's own name");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_never_the_secret() {
+        let bad = "\
+models:
+  - name: main
+    routing: fastest
+    targets:
+      - {provider: opnai, model: gpt-4o}
+      - {provider: openai, model: gpt-4o, api_keys: ['${MISSING_KEY}']}
+    fallbacks: [nowhere]
+default: other
+";
+        let error = GatewayConfig::parse(bad, &env).unwrap_err();
+        let text = error.to_string();
+        let lines: Vec<Option<u64>> = error.problems.iter().map(|problem| problem.line).collect();
+        assert!(text.contains("unknown routing `fastest`"), "{text}");
+        assert!(text.contains("unknown provider `opnai`"), "{text}");
+        assert!(text.contains("environment variable MISSING_KEY is not set"), "{text}");
+        assert!(text.contains("fallback `nowhere`"), "{text}");
+        assert!(text.contains("default `other`"), "{text}");
+        assert!(lines.contains(&Some(5)) && lines.contains(&Some(6)) && lines.contains(&Some(8)), "{lines:?}");
+
+        let unknown_field = GatewayConfig::parse("models:\n  - name: a\n    tragets: []\n", &env).unwrap_err();
+        assert_eq!(unknown_field.problems[0].line, Some(3), "{unknown_field}");
+        assert!(unknown_field.to_string().contains("tragets"), "{unknown_field}");
+
+        let short_key = GatewayConfig::parse("gateway_keys:\n  - {name: k, key: '${KEY}'}\n", &|_| Some("tiny-secret".into())).unwrap_err();
+        assert!(short_key.to_string().contains("shorter than 16"), "{short_key}");
+        assert!(!short_key.to_string().contains("tiny-secret"), "{short_key}");
+    }
+}
