@@ -41,7 +41,7 @@ pub struct Behaviour {
     /// Streams: after the head, before the first token.
     pub first_token: Duration,
     pub between_tokens: Duration,
-    /// The answer; each whitespace-separated word is one token (and one stream chunk).
+    /// The answer; each word with its following whitespace is one token (and one stream chunk).
     /// `None` echoes the last user message.
     pub reply: Option<String>,
     pub reasoning: Option<String>,
@@ -257,10 +257,17 @@ fn now_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
 }
 
+/// The answer cut into tokens: each word with the whitespace after it, so the pieces join back
+/// into exactly the text.
 fn tokens_of(text: &str) -> Vec<String> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let last = words.len().saturating_sub(1);
-    words.iter().enumerate().map(|(index, word)| if index < last { format!("{word} ") } else { (*word).to_owned() }).collect()
+    let mut tokens: Vec<String> = Vec::new();
+    for piece in text.split_inclusive(char::is_whitespace) {
+        match tokens.last_mut() {
+            Some(last) if piece.trim().is_empty() => last.push_str(piece),
+            _ => tokens.push(piece.to_owned()),
+        }
+    }
+    tokens
 }
 
 fn message_text(content: &Value) -> String {

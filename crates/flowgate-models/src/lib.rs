@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod openai;
+pub mod port;
 mod stream;
 mod transport;
 pub mod types;
@@ -15,6 +16,7 @@ pub use anthropic::AnthropicTarget;
 pub use error::{ErrorClass, ProviderError};
 pub use gateway::{Gateway, GatewayError, Served};
 pub use openai::{OpenAiTarget, Timeouts};
+pub use port::GatewayPort;
 pub use stream::ChatStream;
 pub use types::{ChatRequest, ChatResponse, Content, Message, StreamEvent, TokenUsage};
 

@@ -328,10 +328,19 @@ pub struct ServeOptions {
     pub allow_network: String,
     /// How long a silent server is presumed alive.
     pub instance_timeout: Duration,
+    pub models: Option<std::path::PathBuf>,
 }
 
 pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptions) -> ExitCode {
-    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout } = options;
+    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout, models } = options;
+    let gateway = match models.as_deref().map(crate::models::load) {
+        None => None,
+        Some(Ok(gateway)) => Some(gateway),
+        Some(Err(error)) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(USAGE);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     // Only from the environment: a command-line argument would show in every process listing.
@@ -374,9 +383,22 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
                 return ExitCode::from(FAILURE);
             }
         };
+        let files = crate::service::StoreFiles::new(store.clone(), egress.clone());
+        let scraper =
+            gateway.as_ref().and_then(|gateway| flowgate_models::http_client().ok().and_then(|client| gateway.start_scraper(client)));
+        match &gateway {
+            Some(gateway) => {
+                tracing::info!(models = gateway.config().models.len(), "model gateway on")
+            }
+            None => tracing::info!("no models file (--models / FLOWGATE_MODELS): model nodes will fail until one is given"),
+        }
         let ports = Ports {
-            http: Some(Arc::new(egress.clone())),
-            files: Some(crate::service::StoreFiles::new(store.clone(), egress)),
+            http: Some(Arc::new(egress)),
+            model: gateway.clone().map(|gateway| {
+                Arc::new(flowgate_models::GatewayPort::new(gateway, Some(files.clone() as Arc<dyn flowgate_engine::ports::FilePort>)))
+                    as Arc<dyn flowgate_engine::ports::ModelPort>
+            }),
+            files: Some(files),
             ..Ports::default()
         };
         let state = match crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()) {
@@ -415,6 +437,9 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         let result = crate::service::serve(state, listen, max_body_bytes, grace).await;
         heartbeat.abort();
         config_watch.abort();
+        if let Some(scraper) = scraper {
+            scraper.abort();
+        }
         purge.abort();
         let _ = store.unregister_instance(&instance_id).await;
         match result {

@@ -7,6 +7,7 @@ mod files;
 mod limits;
 mod manage;
 mod metrics;
+mod models;
 mod service;
 mod wire;
 
@@ -62,6 +63,10 @@ enum Command {
         /// its unfinished runs are marked failed.
         #[arg(long, env = "FLOWGATE_INSTANCE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
         instance_timeout: u64,
+        /// The models file: logical models, their targets and the Dify provider mapping (see
+        /// docs/gateway.md). Without it, model nodes fail with a clear error.
+        #[arg(long, env = "FLOWGATE_MODELS")]
+        models: Option<PathBuf>,
     },
     /// Bring the database schema up to date and exit.
     Migrate {
@@ -111,6 +116,9 @@ enum Command {
         /// Dify's WORKFLOW_MAX_EXECUTION_TIME, in seconds.
         #[arg(long, env = "WORKFLOW_MAX_EXECUTION_TIME", default_value_t = 1200)]
         max_time: u64,
+        /// The models file for model nodes (`--mocks` answers take precedence).
+        #[arg(long, env = "FLOWGATE_MODELS")]
+        models: Option<PathBuf>,
     },
 }
 
@@ -123,7 +131,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout } => admin_cli::serve(
+        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout, models } => admin_cli::serve(
             listen,
             store,
             admin_cli::ServeOptions {
@@ -131,14 +139,15 @@ fn main() -> ExitCode {
                 grace: Duration::from_secs(shutdown_grace),
                 allow_network,
                 instance_timeout: Duration::from_secs(instance_timeout),
+                models,
             },
         ),
         Command::Migrate { store } => admin_cli::migrate(store),
         Command::Apps { command } => admin_cli::apps(command),
         Command::Keys { command } => admin_cli::keys(command),
         Command::Runs { command } => admin_cli::runs(command),
-        Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time } => {
-            let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time };
+        Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time, models } => {
+            let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time, models };
             run(&file, options)
         }
     }
@@ -206,6 +215,7 @@ struct RunOptions {
     allow_network: String,
     max_steps: u64,
     max_time: u64,
+    models: Option<PathBuf>,
 }
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
@@ -268,10 +278,19 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
         Ok(prepared) => prepared,
         Err(error) => return usage_error(format!("input '{}': {}", error.variable, error.message)),
     };
+    let gateway = match options.models.as_deref().map(models::load) {
+        None => None,
+        Some(Ok(gateway)) => Some(gateway),
+        Some(Err(error)) => return usage_error(error),
+    };
     let files_dir = std::env::temp_dir().join("flowgate-files");
+    let files: Arc<dyn flowgate_engine::ports::FilePort> = Arc::new(files::LocalFiles::new(files_dir, egress.clone()));
     let base = Ports {
-        http: Some(Arc::new(egress.clone())),
-        files: Some(Arc::new(files::LocalFiles::new(files_dir, egress))),
+        http: Some(Arc::new(egress)),
+        model: gateway.map(|gateway| {
+            Arc::new(flowgate_models::GatewayPort::new(gateway, Some(files.clone()))) as Arc<dyn flowgate_engine::ports::ModelPort>
+        }),
+        files: Some(files),
         ..Ports::default()
     };
     let ports = match mocks {

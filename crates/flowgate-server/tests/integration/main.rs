@@ -8,6 +8,7 @@ mod blobs_s3;
 mod cli;
 mod conformance;
 mod corpus;
+mod gateway_nodes;
 mod harness;
 mod http_fixture;
 mod operations;
