@@ -367,11 +367,14 @@ pub struct Gateway {
 enum Mode {
     Complete,
     Stream,
+    /// An OpenAI embeddings request body.
+    Embeddings(serde_json::Value),
 }
 
 enum Answer {
     Complete(ChatResponse),
     Stream(ChatStream),
+    Json(serde_json::Value),
 }
 
 impl Gateway {
@@ -411,6 +414,16 @@ impl Gateway {
                 let value = stream.collect().await.map_err(|last| GatewayError::Failed { last, attempts: served.attempts })?;
                 Ok(Served { value, model: served.model, target: served.target, attempts: served.attempts })
             }
+            Answer::Json(_) => Err(GatewayError::UnknownModel(model.to_owned())),
+        }
+    }
+
+    /// Embeddings (an OpenAI request body; its `model` is replaced by the target's).
+    pub async fn embeddings(&self, model: &str, body: &serde_json::Value) -> Result<Served<serde_json::Value>, GatewayError> {
+        let served = self.route(model, &ChatRequest::default(), Mode::Embeddings(body.clone())).await?;
+        match served.value {
+            Answer::Json(value) => Ok(Served { value, model: served.model, target: served.target, attempts: served.attempts }),
+            _ => Err(GatewayError::UnknownModel(model.to_owned())),
         }
     }
 
@@ -419,7 +432,7 @@ impl Gateway {
         let served = self.route(model, request, Mode::Stream).await?;
         match served.value {
             Answer::Stream(value) => Ok(Served { value, model: served.model, target: served.target, attempts: served.attempts }),
-            Answer::Complete(_) => Err(GatewayError::UnknownModel(model.to_owned())),
+            _ => Err(GatewayError::UnknownModel(model.to_owned())),
         }
     }
 
@@ -475,6 +488,16 @@ impl Gateway {
                     (Adapter::OpenAi(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
                     (Adapter::Anthropic(adapter), Mode::Complete) => adapter.chat(&upstream, timeouts).await.map(Answer::Complete),
                     (Adapter::Anthropic(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
+                    (Adapter::OpenAi(adapter), Mode::Embeddings(body)) => {
+                        let mut body = body.clone();
+                        body["model"] = serde_json::Value::String(target.config.model.clone());
+                        adapter.embeddings(&body, timeouts).await.map(Answer::Json)
+                    }
+                    (Adapter::Anthropic(_), Mode::Embeddings(_)) => Err(ProviderError::new(
+                        ErrorClass::BadRequest,
+                        &target.config.label,
+                        "Anthropic has no embeddings API; configure an OpenAI-compatible target for this model",
+                    )),
                 };
                 match result {
                     Ok(value) => {

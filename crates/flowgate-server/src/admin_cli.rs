@@ -402,7 +402,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
             ..Ports::default()
         };
         let state = match crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()) {
-            Ok(state) => Arc::new(state),
+            Ok(state) => Arc::new(state.with_gateway(gateway)),
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::from(FAILURE);

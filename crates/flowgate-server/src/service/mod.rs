@@ -6,6 +6,7 @@ mod chat;
 mod conversations;
 mod files;
 mod launch;
+mod openai_api;
 mod workflows;
 
 use std::collections::HashMap;
@@ -100,6 +101,9 @@ pub struct ServerState {
     pub metrics: Metrics,
     /// SHA-256 of `FLOWGATE_ADMIN_TOKEN`; without it the management API is off.
     admin_token_hash: Option<String>,
+    /// The model gateway, when a models file is loaded, and the SHA-256 of its keys.
+    gateway: Option<Arc<flowgate_models::Gateway>>,
+    gateway_keys: std::collections::HashSet<String>,
 }
 
 /// Past this many unwritten run-log operations (about 64 MiB of encoded runs) new runs are
@@ -141,7 +145,19 @@ impl ServerState {
             limiter: Limiter::default(),
             metrics: Metrics::default(),
             admin_token_hash: admin_token.map(flowgate_store::token_hash),
+            gateway: None,
+            gateway_keys: std::collections::HashSet::new(),
         })
+    }
+
+    /// Serves the OpenAI-compatible endpoint through `gateway`, for the models file's keys.
+    pub fn with_gateway(mut self, gateway: Option<Arc<flowgate_models::Gateway>>) -> Self {
+        self.gateway_keys = gateway
+            .iter()
+            .flat_map(|gateway| gateway.config().gateway_keys.iter().map(|(_, key)| flowgate_store::token_hash(key)))
+            .collect();
+        self.gateway = gateway;
+        self
     }
 
     /// Follows changes to apps and keys made by any process (the CLI, another replica, this
@@ -395,6 +411,9 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/info", get(app_info::info))
         .route("/v1/site", get(app_info::site))
         .route("/v1/meta", get(app_info::meta))
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/v1/embeddings", post(openai_api::embeddings))
+        .route("/v1/models", get(openai_api::models))
         .route("/metrics", get(metrics))
         .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_request))

@@ -11,6 +11,7 @@ mod corpus;
 mod gateway_nodes;
 mod harness;
 mod http_fixture;
+mod openai_sdk;
 mod operations;
 mod python;
 mod sdk;

@@ -1,0 +1,301 @@
+//! The OpenAI-compatible endpoint: `POST /v1/chat/completions` (streaming and not),
+//! `POST /v1/embeddings` and `GET /v1/models`, for any OpenAI client, authenticated with the
+//! gateway keys of the models file (not app keys). Errors are OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::Poll;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use flowgate_models::types::{ChatRequest, ChatResponse, Message, StreamEvent, TokenUsage};
+use flowgate_models::{ErrorClass, Gateway, GatewayError};
+
+use super::Shared;
+
+/// An error in OpenAI's shape, with `Retry-After` when waiting helps.
+struct OpenAiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+fn error(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> OpenAiError {
+    OpenAiError { status, kind, code, message: message.into(), retry_after: None }
+}
+
+fn with_retry_after(mut error: OpenAiError, seconds: u64) -> OpenAiError {
+    error.retry_after = Some(seconds.max(1));
+    error
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(value) = self.retry_after.and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A gateway failure as the client sees it: its own mistakes as 4xx with the upstream's
+/// message, upstream trouble as 502/504, our limits as 429/503 with `Retry-After`.
+fn gateway_error(failure: &GatewayError) -> OpenAiError {
+    match failure {
+        GatewayError::UnknownModel(model) => {
+            error(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", format!("The model `{model}` does not exist"))
+        }
+        GatewayError::NoTarget { retry_after, .. } => with_retry_after(
+            error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_target_available", failure.to_string()),
+            retry_after.as_secs_f64().ceil() as u64,
+        ),
+        GatewayError::Failed { last, .. } => match &last.class {
+            ErrorClass::RateLimited { retry_after } => with_retry_after(
+                error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", failure.to_string()),
+                retry_after.map_or(1, |after| after.as_secs_f64().ceil() as u64),
+            ),
+            ErrorClass::ContextTooLong => error(StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded", &last.message),
+            ErrorClass::ContentPolicy => error(StatusCode::BAD_REQUEST, "invalid_request_error", "content_policy_violation", &last.message),
+            ErrorClass::BadRequest => error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", &last.message),
+            ErrorClass::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "server_error", "upstream_timeout", failure.to_string()),
+            _ => error(StatusCode::BAD_GATEWAY, "server_error", "upstream_error", failure.to_string()),
+        },
+    }
+}
+
+/// The gateway, if a models file is loaded and the request carries one of its keys.
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<Arc<Gateway>, OpenAiError> {
+    let Some(gateway) = state.gateway.clone() else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "gateway_off",
+            "The model gateway is off: start flowgate serve with --models FILE",
+        ));
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if token.is_empty() || !state.gateway_keys.contains(&flowgate_store::token_hash(token)) {
+        return Err(error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key provided"));
+    }
+    Ok(gateway)
+}
+
+/// What the client asked for, split into the model, the request and the streaming options.
+struct Parsed {
+    model: String,
+    request: ChatRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn parse(body: &[u8]) -> Result<Parsed, OpenAiError> {
+    let bad = |message: String| error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", message);
+    let value: Value = serde_json::from_slice(body).map_err(|problem| bad(format!("The request body is not valid JSON: {problem}")))?;
+    let Value::Object(mut object) = value else { return Err(bad("The request body must be a JSON object".into())) };
+    let model = match object.remove("model") {
+        Some(Value::String(model)) if !model.is_empty() => model,
+        _ => return Err(bad("you must provide a model parameter".into())),
+    };
+    let messages: Vec<Message> = match object.remove("messages") {
+        Some(messages @ Value::Array(_)) => serde_json::from_value(messages).map_err(|problem| bad(format!("messages: {problem}")))?,
+        _ => return Err(bad("messages: a non-empty array is required".into())),
+    };
+    if messages.is_empty() {
+        return Err(bad("messages: a non-empty array is required".into()));
+    }
+    let stream = match object.remove("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => stream,
+        Some(_) => return Err(bad("stream: must be a boolean".into())),
+    };
+    let include_usage = object.remove("stream_options").is_some_and(|options| options["include_usage"] == json!(true));
+    let parameters: Map<String, Value> = object;
+    Ok(Parsed { model: model.clone(), request: ChatRequest { model, messages, parameters }, stream, include_usage })
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+}
+
+fn usage_json(usage: &TokenUsage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
+}
+
+fn completion_json(id: &str, model: &str, answer: &ChatResponse) -> Value {
+    let mut message = json!({"role": "assistant", "content": answer.content, "refusal": null});
+    if !answer.tool_calls.is_empty() {
+        message["tool_calls"] = serde_json::to_value(&answer.tool_calls).unwrap_or(Value::Null);
+        if answer.content.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
+    if !answer.reasoning.is_empty() {
+        message["reasoning_content"] = json!(answer.reasoning);
+    }
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now_seconds(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": answer.finish_reason.as_deref().unwrap_or("stop")}],
+        "usage": answer.usage.as_ref().map_or(Value::Null, usage_json),
+    })
+}
+
+pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let gateway = match authorize(&state, &headers) {
+        Ok(gateway) => gateway,
+        Err(failure) => return failure.into_response(),
+    };
+    let parsed = match parse(&body) {
+        Ok(parsed) => parsed,
+        Err(failure) => return failure.into_response(),
+    };
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    if !parsed.stream {
+        return match gateway.chat(&parsed.model, &parsed.request).await {
+            Ok(served) => axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response(),
+            Err(failure) => gateway_error(&failure).into_response(),
+        };
+    }
+    let served = match gateway.chat_stream(&parsed.model, &parsed.request).await {
+        Ok(served) => served,
+        Err(failure) => return gateway_error(&failure).into_response(),
+    };
+    let (sender, receiver) = mpsc::unbounded_channel::<Bytes>();
+    let model = parsed.model;
+    let include_usage = parsed.include_usage;
+    tokio::spawn(async move {
+        let mut stream = served.value;
+        let created = now_seconds();
+        let chunk = |delta: Value, finish: Value| {
+            frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
+        };
+        if sender.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).is_err() {
+            return;
+        }
+        while let Some(event) = stream.next().await {
+            let bytes = match event {
+                Ok(StreamEvent::Text(text)) => chunk(json!({"content": text}), Value::Null),
+                Ok(StreamEvent::Reasoning(text)) => chunk(json!({"reasoning_content": text}), Value::Null),
+                Ok(StreamEvent::ToolCall { index, id, name, arguments }) => {
+                    let mut call = json!({"index": index, "function": {"arguments": arguments}});
+                    if let Some(id) = id {
+                        call["id"] = json!(id);
+                        call["type"] = json!("function");
+                    }
+                    if let Some(name) = name {
+                        call["function"]["name"] = json!(name);
+                    }
+                    chunk(json!({"tool_calls": [call]}), Value::Null)
+                }
+                Ok(StreamEvent::Finish(reason)) => chunk(json!({}), json!(reason)),
+                // Usage is always asked of the upstream; the client gets it only if it asked.
+                Ok(StreamEvent::Usage(usage)) if include_usage => frame(
+                    &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_json(&usage)}),
+                ),
+                Ok(StreamEvent::Usage(_)) => continue,
+                Err(failure) => {
+                    // Tokens were already sent: the client learns of the failure in the stream.
+                    let _ = sender.send(frame(&json!({"error": {"message": failure.to_string(), "type": "server_error", "param": null, "code": failure.class.as_str()}})));
+                    return;
+                }
+            };
+            // A client that went away stops the upstream call (the stream is dropped).
+            if sender.send(bytes).is_err() {
+                return;
+            }
+        }
+        let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
+    });
+    event_stream(receiver)
+}
+
+fn frame(value: &Value) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(128);
+    bytes.extend_from_slice(b"data: ");
+    bytes.extend_from_slice(value.to_string().as_bytes());
+    bytes.extend_from_slice(b"\n\n");
+    bytes.freeze()
+}
+
+/// Frames as they come, those already waiting sent together; no pings (OpenAI streams have none).
+fn event_stream(mut frames: mpsc::UnboundedReceiver<Bytes>) -> Response {
+    let stream = futures::stream::poll_fn(move |context| {
+        let mut chunk = BytesMut::new();
+        loop {
+            match frames.poll_recv(context) {
+                Poll::Ready(Some(frame)) => chunk.extend_from_slice(&frame),
+                Poll::Ready(None) if chunk.is_empty() => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending if !chunk.is_empty() => return Poll::Ready(Some(Ok::<_, Infallible>(chunk.freeze()))),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    response
+}
+
+pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let gateway = match authorize(&state, &headers) {
+        Ok(gateway) => gateway,
+        Err(failure) => return failure.into_response(),
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", "The request body must be a JSON object")
+                .into_response();
+        }
+    };
+    let Some(model) = value["model"].as_str().map(str::to_owned) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", "you must provide a model parameter")
+            .into_response();
+    };
+    if !(value["input"].is_string() || value["input"].is_array()) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", "'input' is a required property")
+            .into_response();
+    }
+    match gateway.embeddings(&model, &value).await {
+        Ok(served) => {
+            let mut answer = served.value;
+            answer["model"] = json!(model);
+            axum::Json(answer).into_response()
+        }
+        Err(failure) => gateway_error(&failure).into_response(),
+    }
+}
+
+pub async fn models(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let gateway = match authorize(&state, &headers) {
+        Ok(gateway) => gateway,
+        Err(failure) => return failure.into_response(),
+    };
+    let data: Vec<Value> = gateway
+        .config()
+        .models
+        .iter()
+        .map(|model| json!({"id": model.name, "object": "model", "created": 0, "owned_by": "flowgate"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
