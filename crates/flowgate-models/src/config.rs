@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::limits::{Backend, LimitBy, LimitsConfig, OnRedisError, Quota, Resource, Rule};
+
 /// Everything wrong with a models file, each with its line.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -41,6 +43,50 @@ struct RawFile {
     default: Option<Spanned<String>>,
     #[serde(default)]
     gateway_keys: Vec<Spanned<RawGatewayKey>>,
+    #[serde(default)]
+    limits: Option<Spanned<RawLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    redis_url: Option<String>,
+    /// What happens to calls while Redis cannot be reached: `allow` or `deny`. Required with
+    /// the Redis backend: there is no safe default between spending unchecked and refusing.
+    #[serde(default)]
+    on_redis_error: Option<String>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    limit_by: String,
+    #[serde(default, rename = "match")]
+    matching: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    requests_per_second: Option<u64>,
+    #[serde(default)]
+    requests_per_minute: Option<u64>,
+    #[serde(default)]
+    requests_per_hour: Option<u64>,
+    #[serde(default)]
+    requests_per_day: Option<u64>,
+    #[serde(default)]
+    tokens_per_second: Option<u64>,
+    #[serde(default)]
+    tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    tokens_per_hour: Option<u64>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +232,7 @@ pub struct GatewayConfig {
     pub default: Option<String>,
     /// (name, key).
     pub gateway_keys: Vec<(String, String)>,
+    pub limits: LimitsConfig,
 }
 
 impl GatewayConfig {
@@ -286,6 +333,9 @@ impl GatewayConfig {
                 }),
             }
         }
+        if let Some(limits) = &raw.limits {
+            config.limits = limits_config(&limits.value, limits.referenced.line(), env, &names, &mut problems);
+        }
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
 
@@ -307,6 +357,94 @@ impl GatewayConfig {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|model| model.name == name)
     }
+}
+
+fn limits_config(
+    raw: &RawLimits,
+    line: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+    models: &HashSet<&str>,
+    problems: &mut Vec<ConfigProblem>,
+) -> LimitsConfig {
+    let mut problem = |line: u64, message: String| problems.push(ConfigProblem { line: Some(line), message });
+    let backend = match raw.backend.as_deref().unwrap_or("memory") {
+        "memory" => Backend::Memory,
+        "redis" => {
+            let url = match raw.redis_url.as_deref().map(|url| expand(url, env)) {
+                Some(Ok(url)) if url.starts_with("redis://") => url,
+                Some(Ok(_)) => {
+                    problem(line, "limits: redis_url must start with redis://".into());
+                    String::new()
+                }
+                Some(Err(message)) => {
+                    problem(line, format!("limits: redis_url: {message}"));
+                    String::new()
+                }
+                None => {
+                    problem(line, "limits: the redis backend needs a redis_url".into());
+                    String::new()
+                }
+            };
+            let on_error = match raw.on_redis_error.as_deref() {
+                Some("allow") => OnRedisError::Allow,
+                Some("deny") => OnRedisError::Deny,
+                Some(other) => {
+                    problem(line, format!("limits: on_redis_error must be allow or deny (got `{other}`)"));
+                    OnRedisError::Deny
+                }
+                None => {
+                    problem(line, "limits: the redis backend needs on_redis_error: allow (calls pass unchecked while Redis is down) or deny (they are refused)".into());
+                    OnRedisError::Deny
+                }
+            };
+            Backend::Redis { url, on_error }
+        }
+        other => {
+            problem(line, format!("limits: unknown backend `{other}` (expected memory or redis)"));
+            Backend::Memory
+        }
+    };
+    let mut rules = Vec::new();
+    for rule in &raw.rules {
+        let raw_rule = &rule.value;
+        let line = rule.referenced.line();
+        let Some(by) = LimitBy::parse(&raw_rule.limit_by) else {
+            problem(
+                line,
+                format!("limit `{}`: limit_by must be key, app, user, model or global (got `{}`)", raw_rule.name, raw_rule.limit_by),
+            );
+            continue;
+        };
+        for model in &raw_rule.models {
+            if model != "*" && !models.contains(model.as_str()) {
+                problem(line, format!("limit `{}`: `{model}` is not a model in this file", raw_rule.name));
+            }
+        }
+        let quotas: Vec<Quota> = [
+            (Resource::Requests, 1, raw_rule.requests_per_second),
+            (Resource::Requests, 60, raw_rule.requests_per_minute),
+            (Resource::Requests, 3600, raw_rule.requests_per_hour),
+            (Resource::Requests, 86_400, raw_rule.requests_per_day),
+            (Resource::Tokens, 1, raw_rule.tokens_per_second),
+            (Resource::Tokens, 60, raw_rule.tokens_per_minute),
+            (Resource::Tokens, 3600, raw_rule.tokens_per_hour),
+            (Resource::Tokens, 86_400, raw_rule.tokens_per_day),
+        ]
+        .into_iter()
+        .filter_map(|(resource, seconds, limit)| limit.map(|limit| Quota { resource, window: Duration::from_secs(seconds), limit }))
+        .collect();
+        if quotas.is_empty() {
+            problem(line, format!("limit `{}` sets no quota (requests_per_minute, tokens_per_hour, …)", raw_rule.name));
+        }
+        rules.push(Rule {
+            name: raw_rule.name.clone(),
+            by,
+            matching: if raw_rule.matching.is_empty() { vec!["*".into()] } else { raw_rule.matching.clone() },
+            models: if raw_rule.models.is_empty() { vec!["*".into()] } else { raw_rule.models.clone() },
+            quotas,
+        });
+    }
+    LimitsConfig { backend, rules }
 }
 
 /// `langgenius/openai/openai` and `openai` name the same provider: plugin ids end in the

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::anthropic::AnthropicTarget;
 use crate::config::{GatewayConfig, ModelConfig, Provider, Routing, TargetConfig};
 use crate::error::{ErrorClass, ProviderError};
+use crate::limits::{Caller, Limiter, Refusal, Reservation};
 use crate::openai::{OpenAiTarget, Timeouts};
 use crate::stream::ChatStream;
 use crate::types::{ChatRequest, ChatResponse};
@@ -40,6 +41,9 @@ pub enum GatewayError {
     /// The last failure, after every attempt the limits allowed.
     #[error("{last} (after {attempts} attempts)")]
     Failed { last: ProviderError, attempts: u32 },
+    /// A configured request or token limit refused the call.
+    #[error("{0}")]
+    Limited(Refusal),
 }
 
 impl GatewayError {
@@ -362,6 +366,7 @@ pub struct Served<T> {
 pub struct Gateway {
     config: GatewayConfig,
     models: HashMap<String, Arc<LogicalModel>>,
+    limiter: Limiter,
 }
 
 enum Mode {
@@ -378,7 +383,7 @@ enum Answer {
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, client: &reqwest::Client) -> Self {
+    pub fn new(config: GatewayConfig, client: &reqwest::Client) -> Result<Self, String> {
         let models = config
             .models
             .iter()
@@ -394,7 +399,32 @@ impl Gateway {
                 (model.name.clone(), Arc::new(logical))
             })
             .collect();
-        Self { config, models }
+        let limiter = Limiter::new(&config.limits)?;
+        Ok(Self { config, models, limiter })
+    }
+
+    /// Applies the configured limits to a call before it is made: reserves one request and the
+    /// call's token estimate (a token per four characters of prompt, plus its output cap or the
+    /// model's default) in every quota that covers it. Settle the reservation with the usage.
+    pub async fn admit(&self, model: &str, request: &ChatRequest, caller: &Caller) -> Result<Reservation, GatewayError> {
+        if self.limiter.is_empty() {
+            return Ok(Reservation::none());
+        }
+        let logical = self.models.get(model).ok_or_else(|| GatewayError::UnknownModel(model.to_owned()))?;
+        let prompt: usize = request.messages.iter().map(|message| message.content.as_text().len()).sum();
+        let estimate = prompt.div_ceil(4) as u64 + request.max_output_tokens().unwrap_or(logical.config.default_max_tokens);
+        self.limiter.admit(model, caller, estimate).await.map_err(GatewayError::Limited)
+    }
+
+    /// The same for an embeddings call: its input is all it spends.
+    pub async fn admit_embeddings(&self, model: &str, input_characters: usize, caller: &Caller) -> Result<Reservation, GatewayError> {
+        if self.limiter.is_empty() {
+            return Ok(Reservation::none());
+        }
+        if !self.models.contains_key(model) {
+            return Err(GatewayError::UnknownModel(model.to_owned()));
+        }
+        self.limiter.admit(model, caller, input_characters.div_ceil(4) as u64).await.map_err(GatewayError::Limited)
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::error::ErrorClass;
 use crate::gateway::{Gateway, GatewayError};
+use crate::limits::Caller;
 use crate::types::{ChatRequest, Content, ImageUrl, Message, Part, StreamEvent};
 
 pub struct GatewayPort {
@@ -32,6 +33,10 @@ fn port_error(error: &GatewayError) -> PortError {
         Some(ErrorClass::BadRequest | ErrorClass::ContextTooLong | ErrorClass::ContentPolicy) => PortErrorKind::InvalidRequest,
         Some(_) => PortErrorKind::Upstream,
         None => PortErrorKind::Refused,
+    };
+    let kind = match error {
+        GatewayError::Limited(_) => PortErrorKind::Refused,
+        _ => kind,
     };
     PortError::new(kind, error.to_string())
 }
@@ -94,12 +99,29 @@ impl ModelPort for GatewayPort {
                 ));
             };
             let request = request_for(&call, files.as_ref()).await?;
+            let caller = Caller { key: None, app: Some(call.context.app_id.to_string()), user: Some(call.context.user_id.to_string()) };
+            let reservation = gateway.admit(&model, &request, &caller).await.map_err(|error| port_error(&error))?;
             let started = std::time::Instant::now();
-            let served = gateway.chat_stream(&model, &request).await.map_err(|error| port_error(&error))?;
+            let served = match gateway.chat_stream(&model, &request).await {
+                Ok(served) => served,
+                Err(error) => {
+                    // Nothing was spent upstream.
+                    reservation.settle(Some(0)).await;
+                    return Err(port_error(&error));
+                }
+            };
             let mut stream = served.value;
             let mut reply = ModelReply::default();
+            let mut used = None;
             while let Some(event) = stream.next().await {
-                match event.map_err(|error| PortError::new(PortErrorKind::Upstream, error.to_string()))? {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        reservation.settle(used).await;
+                        return Err(PortError::new(PortErrorKind::Upstream, error.to_string()));
+                    }
+                };
+                match event {
                     StreamEvent::Text(text) => {
                         sink(&text);
                         reply.text.push_str(&text);
@@ -107,6 +129,7 @@ impl ModelPort for GatewayPort {
                     StreamEvent::Reasoning(text) => reply.reasoning_content.push_str(&text),
                     StreamEvent::Finish(reason) => reply.finish_reason = Some(reason),
                     StreamEvent::Usage(usage) => {
+                        used = Some(usage.total_tokens);
                         reply.usage = Usage {
                             prompt_tokens: usage.prompt_tokens as i64,
                             completion_tokens: usage.completion_tokens as i64,
@@ -117,6 +140,7 @@ impl ModelPort for GatewayPort {
                     StreamEvent::ToolCall { .. } => {}
                 }
             }
+            reservation.settle(used).await;
             reply.usage.latency = started.elapsed().as_secs_f64();
             Ok(reply)
         })

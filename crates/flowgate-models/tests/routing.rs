@@ -12,7 +12,7 @@ use flowgate_models::{ChatRequest, ErrorClass, Gateway, GatewayError, StreamEven
 
 fn gateway(yaml: &str) -> Arc<Gateway> {
     let config = GatewayConfig::parse(yaml, &|name| Some(format!("key-{name}"))).unwrap();
-    Arc::new(Gateway::new(config, &flowgate_models::http_client().unwrap()))
+    Arc::new(Gateway::new(config, &flowgate_models::http_client().unwrap()).unwrap())
 }
 
 fn ask(text: &str) -> ChatRequest {

@@ -13,5 +13,5 @@ pub fn load(path: &Path) -> Result<Arc<Gateway>, String> {
     let config = GatewayConfig::parse(&text, &|name| std::env::var(name).ok())
         .map_err(|error| format!("models file {}: {error}", path.display()))?;
     let client = flowgate_models::http_client()?;
-    Ok(Arc::new(Gateway::new(config, &client)))
+    Gateway::new(config, &client).map(Arc::new).map_err(|error| format!("models file {}: {error}", path.display()))
 }

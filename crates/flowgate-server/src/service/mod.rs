@@ -103,7 +103,8 @@ pub struct ServerState {
     admin_token_hash: Option<String>,
     /// The model gateway, when a models file is loaded, and the SHA-256 of its keys.
     gateway: Option<Arc<flowgate_models::Gateway>>,
-    gateway_keys: std::collections::HashSet<String>,
+    /// SHA-256 of each gateway key → its name.
+    gateway_keys: HashMap<String, String>,
 }
 
 /// Past this many unwritten run-log operations (about 64 MiB of encoded runs) new runs are
@@ -146,7 +147,7 @@ impl ServerState {
             metrics: Metrics::default(),
             admin_token_hash: admin_token.map(flowgate_store::token_hash),
             gateway: None,
-            gateway_keys: std::collections::HashSet::new(),
+            gateway_keys: HashMap::new(),
         })
     }
 
@@ -154,7 +155,7 @@ impl ServerState {
     pub fn with_gateway(mut self, gateway: Option<Arc<flowgate_models::Gateway>>) -> Self {
         self.gateway_keys = gateway
             .iter()
-            .flat_map(|gateway| gateway.config().gateway_keys.iter().map(|(_, key)| flowgate_store::token_hash(key)))
+            .flat_map(|gateway| gateway.config().gateway_keys.iter().map(|(name, key)| (flowgate_store::token_hash(key), name.clone())))
             .collect();
         self.gateway = gateway;
         self

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use flowgate_models::limits::Caller;
 use flowgate_models::types::{ChatRequest, ChatResponse, Message, StreamEvent, TokenUsage};
 use flowgate_models::{ErrorClass, Gateway, GatewayError};
 
@@ -26,10 +27,12 @@ struct OpenAiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    /// Our own limit: (its size, seconds until it has room), for `X-RateLimit-*`.
+    limit: Option<(u64, Option<u64>)>,
 }
 
 fn error(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> OpenAiError {
-    OpenAiError { status, kind, code, message: message.into(), retry_after: None }
+    OpenAiError { status, kind, code, message: message.into(), retry_after: None, limit: None }
 }
 
 fn with_retry_after(mut error: OpenAiError, seconds: u64) -> OpenAiError {
@@ -43,6 +46,14 @@ impl IntoResponse for OpenAiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(value) = self.retry_after.and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if let Some((limit, reset)) = self.limit {
+            let headers = response.headers_mut();
+            for (name, value) in [("x-ratelimit-limit", Some(limit)), ("x-ratelimit-remaining", Some(0)), ("x-ratelimit-reset", reset)] {
+                if let Some(value) = value.and_then(|value| HeaderValue::from_str(&value.to_string()).ok()) {
+                    headers.insert(name, value);
+                }
+            }
         }
         response
     }
@@ -59,6 +70,12 @@ fn gateway_error(failure: &GatewayError) -> OpenAiError {
             error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_target_available", failure.to_string()),
             retry_after.as_secs_f64().ceil() as u64,
         ),
+        GatewayError::Limited(refusal) => {
+            let mut limited = error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", refusal.to_string());
+            limited.limit = Some((refusal.limit, refusal.retry_after.map(|after| after.as_secs_f64().ceil() as u64)));
+            limited.retry_after = refusal.retry_after.map(|after| (after.as_secs_f64().ceil() as u64).max(1));
+            limited
+        }
         GatewayError::Failed { last, .. } => match &last.class {
             ErrorClass::RateLimited { retry_after } => with_retry_after(
                 error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", failure.to_string()),
@@ -73,8 +90,9 @@ fn gateway_error(failure: &GatewayError) -> OpenAiError {
     }
 }
 
-/// The gateway, if a models file is loaded and the request carries one of its keys.
-fn authorize(state: &Shared, headers: &HeaderMap) -> Result<Arc<Gateway>, OpenAiError> {
+/// The gateway and the key's name, if a models file is loaded and the request carries one of
+/// its keys.
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(Arc<Gateway>, String), OpenAiError> {
     let Some(gateway) = state.gateway.clone() else {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -89,10 +107,10 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<Arc<Gateway>, OpenAi
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or_default();
-    if token.is_empty() || !state.gateway_keys.contains(&flowgate_store::token_hash(token)) {
-        return Err(error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key provided"));
+    match state.gateway_keys.get(&flowgate_store::token_hash(token)) {
+        Some(name) if !token.is_empty() => Ok((gateway, name.clone())),
+        _ => Err(error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key provided")),
     }
-    Ok(gateway)
 }
 
 /// What the client asked for, split into the model, the request and the streaming options.
@@ -158,24 +176,39 @@ fn completion_json(id: &str, model: &str, answer: &ChatResponse) -> Value {
 }
 
 pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let gateway = match authorize(&state, &headers) {
-        Ok(gateway) => gateway,
+    let (gateway, key) = match authorize(&state, &headers) {
+        Ok(authorized) => authorized,
         Err(failure) => return failure.into_response(),
     };
     let parsed = match parse(&body) {
         Ok(parsed) => parsed,
         Err(failure) => return failure.into_response(),
     };
+    let user = parsed.request.parameters.get("user").and_then(Value::as_str).map(str::to_owned);
+    let caller = Caller { key: Some(key), app: None, user };
+    let reservation = match gateway.admit(&parsed.model, &parsed.request, &caller).await {
+        Ok(reservation) => reservation,
+        Err(failure) => return gateway_error(&failure).into_response(),
+    };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if !parsed.stream {
         return match gateway.chat(&parsed.model, &parsed.request).await {
-            Ok(served) => axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response(),
-            Err(failure) => gateway_error(&failure).into_response(),
+            Ok(served) => {
+                reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
+                axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response()
+            }
+            Err(failure) => {
+                reservation.settle(Some(0)).await;
+                gateway_error(&failure).into_response()
+            }
         };
     }
     let served = match gateway.chat_stream(&parsed.model, &parsed.request).await {
         Ok(served) => served,
-        Err(failure) => return gateway_error(&failure).into_response(),
+        Err(failure) => {
+            reservation.settle(Some(0)).await;
+            return gateway_error(&failure).into_response();
+        }
     };
     let (sender, receiver) = mpsc::unbounded_channel::<Bytes>();
     let model = parsed.model;
@@ -187,10 +220,15 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
             frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
         };
+        let mut used = None;
         if sender.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).is_err() {
+            reservation.settle(used).await;
             return;
         }
         while let Some(event) = stream.next().await {
+            if let Ok(StreamEvent::Usage(usage)) = &event {
+                used = Some(usage.total_tokens);
+            }
             let bytes = match event {
                 Ok(StreamEvent::Text(text)) => chunk(json!({"content": text}), Value::Null),
                 Ok(StreamEvent::Reasoning(text)) => chunk(json!({"reasoning_content": text}), Value::Null),
@@ -214,14 +252,16 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
                 Err(failure) => {
                     // Tokens were already sent: the client learns of the failure in the stream.
                     let _ = sender.send(frame(&json!({"error": {"message": failure.to_string(), "type": "server_error", "param": null, "code": failure.class.as_str()}})));
-                    return;
+                    break;
                 }
             };
             // A client that went away stops the upstream call (the stream is dropped).
             if sender.send(bytes).is_err() {
-                return;
+                break;
             }
         }
+        drop(stream);
+        reservation.settle(used).await;
         let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
     });
     event_stream(receiver)
@@ -257,8 +297,8 @@ fn event_stream(mut frames: mpsc::UnboundedReceiver<Bytes>) -> Response {
 }
 
 pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let gateway = match authorize(&state, &headers) {
-        Ok(gateway) => gateway,
+    let (gateway, key) = match authorize(&state, &headers) {
+        Ok(authorized) => authorized,
         Err(failure) => return failure.into_response(),
     };
     let value: Value = match serde_json::from_slice(&body) {
@@ -276,7 +316,18 @@ pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: B
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", "'input' is a required property")
             .into_response();
     }
-    match gateway.embeddings(&model, &value).await {
+    let characters = match &value["input"] {
+        Value::String(text) => text.len(),
+        other => other.to_string().len(),
+    };
+    let caller = Caller { key: Some(key), app: None, user: value["user"].as_str().map(str::to_owned) };
+    let reservation = match gateway.admit_embeddings(&model, characters, &caller).await {
+        Ok(reservation) => reservation,
+        Err(failure) => return gateway_error(&failure).into_response(),
+    };
+    let result = gateway.embeddings(&model, &value).await;
+    reservation.settle(Some(result.as_ref().map_or(0, |served| served.value["usage"]["total_tokens"].as_u64().unwrap_or(0)))).await;
+    match result {
         Ok(served) => {
             let mut answer = served.value;
             answer["model"] = json!(model);
@@ -288,7 +339,7 @@ pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: B
 
 pub async fn models(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let gateway = match authorize(&state, &headers) {
-        Ok(gateway) => gateway,
+        Ok((gateway, _)) => gateway,
         Err(failure) => return failure.into_response(),
     };
     let data: Vec<Value> = gateway

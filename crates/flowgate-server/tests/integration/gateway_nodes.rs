@@ -39,7 +39,8 @@ async fn model_nodes_through_the_gateway_match_graphon() {
             "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
             mock.base_url()
         );
-        let gateway = Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()));
+        let gateway =
+            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
         let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, None))), ..Ports::default() };
         let document = Document::load(&std::fs::read_to_string(repo_root().join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
         let plan = Arc::new(Plan::compile(&document).unwrap());
