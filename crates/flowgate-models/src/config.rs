@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::cache::CacheBackend;
 use crate::limits::{Backend, LimitBy, LimitsConfig, OnRedisError, Quota, Resource, Rule};
 
 /// Everything wrong with a models file, each with its line.
@@ -45,6 +46,16 @@ struct RawFile {
     gateway_keys: Vec<Spanned<RawGatewayKey>>,
     #[serde(default)]
     limits: Option<Spanned<RawLimits>>,
+    #[serde(default)]
+    cache: Option<Spanned<RawCacheBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheBackend {
+    backend: String,
+    #[serde(default)]
+    redis_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +244,8 @@ pub struct GatewayConfig {
     /// (name, key).
     pub gateway_keys: Vec<(String, String)>,
     pub limits: LimitsConfig,
+    /// Where the answers of models with `cache` are kept.
+    pub cache: CacheBackend,
 }
 
 impl GatewayConfig {
@@ -335,6 +348,25 @@ impl GatewayConfig {
         }
         if let Some(limits) = &raw.limits {
             config.limits = limits_config(&limits.value, limits.referenced.line(), env, &names, &mut problems);
+        }
+        if let Some(cache) = &raw.cache {
+            let line = Some(cache.referenced.line());
+            config.cache = match (cache.value.backend.as_str(), cache.value.redis_url.as_deref().map(|url| expand(url, env))) {
+                ("memory", _) => CacheBackend::Memory,
+                ("redis", Some(Ok(url))) if url.starts_with("redis://") => CacheBackend::Redis { url },
+                ("redis", Some(Err(message))) => {
+                    problems.push(ConfigProblem { line, message: format!("cache: redis_url: {message}") });
+                    CacheBackend::Memory
+                }
+                ("redis", _) => {
+                    problems.push(ConfigProblem { line, message: "cache: the redis backend needs a redis_url (redis://…)".into() });
+                    CacheBackend::Memory
+                }
+                (other, _) => {
+                    problems.push(ConfigProblem { line, message: format!("cache: unknown backend `{other}` (expected memory or redis)") });
+                    CacheBackend::Memory
+                }
+            };
         }
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }

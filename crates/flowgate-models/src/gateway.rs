@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::anthropic::AnthropicTarget;
+use crate::cache::{self, AnswerCache};
 use crate::config::{GatewayConfig, ModelConfig, Provider, Routing, TargetConfig};
 use crate::error::{ErrorClass, ProviderError};
 use crate::limits::{Caller, Limiter, Refusal, Reservation};
@@ -367,6 +368,7 @@ pub struct Gateway {
     config: GatewayConfig,
     models: HashMap<String, Arc<LogicalModel>>,
     limiter: Limiter,
+    cache: AnswerCache,
 }
 
 enum Mode {
@@ -400,7 +402,25 @@ impl Gateway {
             })
             .collect();
         let limiter = Limiter::new(&config.limits)?;
-        Ok(Self { config, models, limiter })
+        let cache = AnswerCache::new(&config.cache)?;
+        Ok(Self { config, models, limiter, cache })
+    }
+
+    /// The cached answer to this exact request, if its model caches and has one. A cached
+    /// answer cost no upstream tokens: its usage is zero.
+    pub async fn cached(&self, model: &str, request: &ChatRequest) -> Option<ChatResponse> {
+        self.models.get(model)?.config.cache_ttl?;
+        let mut answer = self.cache.get(&cache::key(model, request)).await?;
+        answer.usage = Some(crate::types::TokenUsage::default());
+        Some(answer)
+    }
+
+    /// Keeps a complete answer for the model's cache TTL (if it caches).
+    pub async fn remember(&self, model: &str, request: &ChatRequest, answer: &ChatResponse) {
+        let Some(ttl) = self.models.get(model).and_then(|logical| logical.config.cache_ttl) else { return };
+        if answer.finish_reason.is_some() {
+            self.cache.put(&cache::key(model, request), answer, ttl).await;
+        }
     }
 
     /// Applies the configured limits to a call before it is made: reserves one request and the

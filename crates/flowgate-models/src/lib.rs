@@ -3,6 +3,7 @@
 //! from the class.
 
 pub mod anthropic;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::error::ErrorClass;
 use crate::gateway::{Gateway, GatewayError};
 use crate::limits::Caller;
-use crate::types::{ChatRequest, Content, ImageUrl, Message, Part, StreamEvent};
+use crate::types::{ChatRequest, ChatResponse, Content, ImageUrl, Message, Part, StreamEvent};
 
 pub struct GatewayPort {
     gateway: Arc<Gateway>,
@@ -99,6 +99,15 @@ impl ModelPort for GatewayPort {
                 ));
             };
             let request = request_for(&call, files.as_ref()).await?;
+            if let Some(answer) = gateway.cached(&model, &request).await {
+                sink(&answer.content);
+                return Ok(ModelReply {
+                    text: answer.content,
+                    reasoning_content: answer.reasoning,
+                    finish_reason: answer.finish_reason,
+                    ..ModelReply::default()
+                });
+            }
             let caller = Caller { key: None, app: Some(call.context.app_id.to_string()), user: Some(call.context.user_id.to_string()) };
             let reservation = gateway.admit(&model, &request, &caller).await.map_err(|error| port_error(&error))?;
             let started = std::time::Instant::now();
@@ -113,6 +122,7 @@ impl ModelPort for GatewayPort {
             let mut stream = served.value;
             let mut reply = ModelReply::default();
             let mut used = None;
+            let mut whole = ChatResponse::default();
             while let Some(event) = stream.next().await {
                 let event = match event {
                     Ok(event) => event,
@@ -127,7 +137,10 @@ impl ModelPort for GatewayPort {
                         reply.text.push_str(&text);
                     }
                     StreamEvent::Reasoning(text) => reply.reasoning_content.push_str(&text),
-                    StreamEvent::Finish(reason) => reply.finish_reason = Some(reason),
+                    StreamEvent::Finish(reason) => {
+                        whole.finish_reason = Some(reason.clone());
+                        reply.finish_reason = Some(reason);
+                    }
                     StreamEvent::Usage(usage) => {
                         used = Some(usage.total_tokens);
                         reply.usage = Usage {
@@ -141,6 +154,9 @@ impl ModelPort for GatewayPort {
                 }
             }
             reservation.settle(used).await;
+            whole.content.clone_from(&reply.text);
+            whole.reasoning.clone_from(&reply.reasoning_content);
+            gateway.remember(&model, &request, &whole).await;
             reply.usage.latency = started.elapsed().as_secs_f64();
             Ok(reply)
         })

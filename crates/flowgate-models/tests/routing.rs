@@ -237,3 +237,25 @@ async fn when_every_target_cools_down_the_error_says_when_to_retry() {
     }
     assert_eq!(mock.requests_for("x"), 1, "a cooled-down key is not called");
 }
+
+#[tokio::test]
+async fn the_in_process_cache_keeps_answers_of_caching_models_only() {
+    let mock = MockUpstream::start().unwrap();
+    let gateway = gateway(&format!(
+        "models:\n  - name: cached\n    cache: {{ttl_seconds: 1}}\n    targets:\n{}  - name: fresh\n    targets:\n{}",
+        target(&mock, "x", ""),
+        target(&mock, "x", "")
+    ));
+    for model in ["cached", "fresh"] {
+        assert!(gateway.cached(model, &ask("q")).await.is_none());
+        let served = gateway.chat(model, &ask("q")).await.unwrap();
+        gateway.remember(model, &ask("q"), &served.value).await;
+    }
+    let hit = gateway.cached("cached", &ask("q")).await.expect("a caching model keeps its answer");
+    assert_eq!(hit.content, "Hello from the mock upstream.");
+    assert_eq!(hit.usage.unwrap().total_tokens, 0, "a cached answer used no upstream tokens");
+    assert!(gateway.cached("fresh", &ask("q")).await.is_none(), "models opt in");
+    assert!(gateway.cached("cached", &ask("another question")).await.is_none());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(gateway.cached("cached", &ask("q")).await.is_none(), "entries expire after their TTL");
+}

@@ -184,17 +184,33 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         Ok(parsed) => parsed,
         Err(failure) => return failure.into_response(),
     };
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let bypass = headers
+        .get("x-flowgate-cache")
+        .or_else(|| headers.get(header::CACHE_CONTROL))
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("bypass") || value.contains("no-cache") || value.contains("no-store"));
+    // A cache hit costs nothing upstream, so it is not counted against limits.
+    if !bypass && let Some(answer) = gateway.cached(&parsed.model, &parsed.request).await {
+        let mut response = if parsed.stream {
+            event_stream(replay(&id, &parsed.model, &answer, parsed.include_usage))
+        } else {
+            axum::Json(completion_json(&id, &parsed.model, &answer)).into_response()
+        };
+        response.headers_mut().insert("x-flowgate-cache", HeaderValue::from_static("hit"));
+        return response;
+    }
     let user = parsed.request.parameters.get("user").and_then(Value::as_str).map(str::to_owned);
     let caller = Caller { key: Some(key), app: None, user };
     let reservation = match gateway.admit(&parsed.model, &parsed.request, &caller).await {
         Ok(reservation) => reservation,
         Err(failure) => return gateway_error(&failure).into_response(),
     };
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if !parsed.stream {
         return match gateway.chat(&parsed.model, &parsed.request).await {
             Ok(served) => {
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
+                gateway.remember(&parsed.model, &parsed.request, &served.value).await;
                 axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response()
             }
             Err(failure) => {
@@ -213,8 +229,12 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     let (sender, receiver) = mpsc::unbounded_channel::<Bytes>();
     let model = parsed.model;
     let include_usage = parsed.include_usage;
+    let request = parsed.request;
     tokio::spawn(async move {
         let mut stream = served.value;
+        // The answer as it streams, for the cache.
+        let mut whole = ChatResponse { model: model.clone(), ..ChatResponse::default() };
+        let mut complete = true;
         let created = now_seconds();
         let chunk = |delta: Value, finish: Value| {
             frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -226,8 +246,13 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
             return;
         }
         while let Some(event) = stream.next().await {
-            if let Ok(StreamEvent::Usage(usage)) = &event {
-                used = Some(usage.total_tokens);
+            match &event {
+                Ok(StreamEvent::Usage(usage)) => used = Some(usage.total_tokens),
+                Ok(StreamEvent::Text(text)) => whole.content.push_str(text),
+                Ok(StreamEvent::Reasoning(text)) => whole.reasoning.push_str(text),
+                Ok(StreamEvent::Finish(reason)) => whole.finish_reason = Some(reason.clone()),
+                // Tool calls are not replayed from the cache; such answers are not kept.
+                Ok(StreamEvent::ToolCall { .. }) | Err(_) => complete = false,
             }
             let bytes = match event {
                 Ok(StreamEvent::Text(text)) => chunk(json!({"content": text}), Value::Null),
@@ -257,14 +282,45 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
             };
             // A client that went away stops the upstream call (the stream is dropped).
             if sender.send(bytes).is_err() {
+                complete = false;
                 break;
             }
         }
         drop(stream);
         reservation.settle(used).await;
+        if complete {
+            gateway.remember(&model, &request, &whole).await;
+        }
         let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
     });
     event_stream(receiver)
+}
+
+/// A cached answer as the stream it once was: the text in word-sized pieces, then the finish
+/// reason, the (zero) usage if asked for, and `[DONE]`.
+fn replay(id: &str, model: &str, answer: &ChatResponse, include_usage: bool) -> mpsc::UnboundedReceiver<Bytes> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let created = now_seconds();
+    let chunk = |delta: Value, finish: Value| {
+        frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
+    };
+    let _ = sender.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+    if !answer.reasoning.is_empty() {
+        let _ = sender.send(chunk(json!({"reasoning_content": answer.reasoning}), Value::Null));
+    }
+    for piece in answer.content.split_inclusive(char::is_whitespace) {
+        let _ = sender.send(chunk(json!({"content": piece}), Value::Null));
+    }
+    let _ = sender.send(chunk(json!({}), json!(answer.finish_reason.as_deref().unwrap_or("stop"))));
+    if include_usage {
+        let usage = usage_json(&TokenUsage::default());
+        let _ = sender.send(frame(
+            &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}),
+        ));
+    }
+    let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
+    receiver
 }
 
 fn frame(value: &Value) -> Bytes {

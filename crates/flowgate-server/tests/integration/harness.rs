@@ -130,11 +130,24 @@ pub fn http(address: &str, method: &str, path: &str, key: Option<&str>, body: Op
 
 /// One HTTP/1.1 request; returns the status, the response head (lower-cased) and the body.
 pub fn request(address: &str, method: &str, path: &str, key: Option<&str>, content_type: &str, body: &str) -> (u16, String, String) {
+    let auth = key.map(|key| format!("Bearer {key}"));
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    request_with_headers(address, method, path, &headers, body)
+}
+
+/// One HTTP/1.1 request with the given headers (a JSON content type unless they set one).
+pub fn request_with_headers(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
-    let auth = key.map(|key| format!("Authorization: Bearer {key}\r\n")).unwrap_or_default();
+    let mut head: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+        head.push_str("Content-Type: application/json\r\n");
+    }
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -113,3 +113,67 @@ fn a_bad_models_file_stops_the_server_naming_the_line() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 4") && stderr.contains("NOT_SET_ANYWHERE is not set"), "{stderr}");
 }
+
+#[test]
+fn answers_are_cached_shared_through_redis_replayed_as_streams_and_bypassable() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("up", vec![Behaviour::reply("A cached answer, word by word.")]);
+    let models = format!(
+        "models:\n  - name: main\n    cache: {{ttl_seconds: 60}}\n    targets:\n      - {{provider: openai_compatible, model: up, base_url: '{}'}}\n\
+         gateway_keys:\n  - {{name: tests, key: '{GATEWAY_KEY}'}}\n\
+         cache: {{backend: redis, redis_url: 'redis://127.0.0.1:6379'}}\n",
+        mock.base_url()
+    );
+    let deployment = Deployment::sqlite("cache");
+    std::fs::create_dir_all(&deployment.data_dir).unwrap();
+    let models_file = deployment.data_dir.join("models.yaml");
+    std::fs::write(&models_file, models).unwrap();
+    let (first, second) =
+        (deployment.serve(&["--models", models_file.to_str().unwrap()]), deployment.serve(&["--models", models_file.to_str().unwrap()]));
+    // A question no earlier run asked, so the shared Redis has no answer for it yet.
+    let question = format!("question {}", uuid::Uuid::new_v4());
+    let body = |extra: &str| format!(r#"{{"model": "main", "messages": [{{"role": "user", "content": "{question}"}}]{extra}}}"#);
+    let call = |address: &str, body: &str| {
+        crate::harness::request(address, "POST", "/v1/chat/completions", Some(GATEWAY_KEY), "application/json", body)
+    };
+
+    let (status, head, answer) = call(&first.address, &body(r#", "temperature": 0.5"#));
+    assert_eq!(status, 200, "{answer}");
+    assert!(!head.contains("x-flowgate-cache: hit"));
+    // The other server answers from the shared cache, reporting no upstream usage.
+    let (status, head, answer) = call(&second.address, &body(r#", "temperature": 0.5, "user": "someone else""#));
+    assert_eq!(status, 200);
+    assert!(head.contains("x-flowgate-cache: hit"), "{head}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "A cached answer, word by word.");
+    assert_eq!(answer["usage"]["total_tokens"], 0);
+    assert_eq!(mock.requests_for("up"), 1);
+
+    // Streamed, the cached answer comes back as a stream.
+    let (status, head, stream) = call(&second.address, &body(r#", "temperature": 0.5, "stream": true"#));
+    assert_eq!(status, 200);
+    assert!(head.contains("text/event-stream") && head.contains("x-flowgate-cache: hit"), "{head}");
+    let pieces: Vec<serde_json::Value> = stream
+        .split("\n\n")
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let text: String = pieces.iter().filter_map(|piece| piece["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "A cached answer, word by word.");
+    assert!(pieces.len() > 4, "in pieces, not one chunk");
+    assert!(stream.trim_end().ends_with("data: [DONE]"));
+
+    // Another parameter is another request; the bypass header skips the cache.
+    assert!(!call(&first.address, &body(r#", "temperature": 0.7"#)).1.contains("x-flowgate-cache: hit"));
+    let bypass = crate::harness::request_with_headers(
+        &first.address,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", &format!("Bearer {GATEWAY_KEY}")), ("x-flowgate-cache", "bypass")],
+        &body(r#", "temperature": 0.5"#),
+    );
+    assert_eq!(bypass.0, 200);
+    assert!(!bypass.1.contains("x-flowgate-cache: hit"));
+    assert_eq!(mock.requests_for("up"), 3);
+}
