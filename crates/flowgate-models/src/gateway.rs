@@ -16,6 +16,7 @@ use crate::cache::{self, AnswerCache};
 use crate::config::{GatewayConfig, ModelConfig, Provider, Routing, TargetConfig};
 use crate::error::{ErrorClass, ProviderError};
 use crate::limits::{Caller, Limiter, Refusal, Reservation};
+use crate::metrics::GatewayMetrics;
 use crate::openai::{OpenAiTarget, Timeouts};
 use crate::stream::ChatStream;
 use crate::types::{ChatRequest, ChatResponse};
@@ -369,6 +370,7 @@ pub struct Gateway {
     models: HashMap<String, Arc<LogicalModel>>,
     limiter: Limiter,
     cache: AnswerCache,
+    metrics: GatewayMetrics,
 }
 
 enum Mode {
@@ -403,7 +405,11 @@ impl Gateway {
             .collect();
         let limiter = Limiter::new(&config.limits)?;
         let cache = AnswerCache::new(&config.cache)?;
-        Ok(Self { config, models, limiter, cache })
+        Ok(Self { config, models, limiter, cache, metrics: GatewayMetrics::default() })
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
     }
 
     /// The cached answer to this exact request, if its model caches and has one. A cached
@@ -411,6 +417,7 @@ impl Gateway {
     pub async fn cached(&self, model: &str, request: &ChatRequest) -> Option<ChatResponse> {
         self.models.get(model)?.config.cache_ttl?;
         let mut answer = self.cache.get(&cache::key(model, request)).await?;
+        self.metrics.request(model, "cache_hit");
         answer.usage = Some(crate::types::TokenUsage::default());
         Some(answer)
     }
@@ -433,7 +440,13 @@ impl Gateway {
         let logical = self.models.get(model).ok_or_else(|| GatewayError::UnknownModel(model.to_owned()))?;
         let prompt: usize = request.messages.iter().map(|message| message.content.as_text().len()).sum();
         let estimate = prompt.div_ceil(4) as u64 + request.max_output_tokens().unwrap_or(logical.config.default_max_tokens);
-        self.limiter.admit(model, caller, estimate).await.map_err(GatewayError::Limited)
+        self.limiter.admit(model, caller, estimate).await.map_err(|refusal| self.refused(model, refusal))
+    }
+
+    fn refused(&self, model: &str, refusal: Refusal) -> GatewayError {
+        self.metrics.request(model, "limited");
+        self.metrics.limited(&refusal.rule);
+        GatewayError::Limited(refusal)
     }
 
     /// The same for an embeddings call: its input is all it spends.
@@ -444,7 +457,7 @@ impl Gateway {
         if !self.models.contains_key(model) {
             return Err(GatewayError::UnknownModel(model.to_owned()));
         }
-        self.limiter.admit(model, caller, input_characters.div_ceil(4) as u64).await.map_err(GatewayError::Limited)
+        self.limiter.admit(model, caller, input_characters.div_ceil(4) as u64).await.map_err(|refusal| self.refused(model, refusal))
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -487,6 +500,20 @@ impl Gateway {
     }
 
     async fn route(&self, model: &str, request: &ChatRequest, mode: Mode) -> Result<Served<Answer>, GatewayError> {
+        let result = self.route_attempts(model, request, mode).await;
+        match &result {
+            Ok(served) => {
+                self.metrics.request(model, "ok");
+                if served.model != model {
+                    self.metrics.fallback(model, &served.model);
+                }
+            }
+            Err(_) => self.metrics.request(model, "error"),
+        }
+        result
+    }
+
+    async fn route_attempts(&self, model: &str, request: &ChatRequest, mode: Mode) -> Result<Served<Answer>, GatewayError> {
         let primary = self.models.get(model).ok_or_else(|| GatewayError::UnknownModel(model.to_owned()))?;
         let mut chain = vec![primary.clone()];
         chain.extend(primary.config.fallbacks.iter().filter_map(|name| self.models.get(name).cloned()));
@@ -533,6 +560,7 @@ impl Gateway {
                 let timeouts = Timeouts { first_token: logical.config.first_token_timeout, total: logical.config.total_timeout };
                 let in_flight = target.start();
                 let started = Instant::now();
+                let streaming = matches!(mode, Mode::Stream);
                 let result = match (&key.adapter, &mode) {
                     (Adapter::OpenAi(adapter), Mode::Complete) => adapter.chat(&upstream, timeouts).await.map(Answer::Complete),
                     (Adapter::OpenAi(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
@@ -552,6 +580,8 @@ impl Gateway {
                 match result {
                     Ok(value) => {
                         target.observe(started.elapsed());
+                        self.metrics.attempt(&logical.config.name, &target.config.label, "ok");
+                        self.metrics.answered(&logical.config.name, &target.config.label, started.elapsed().as_secs_f64(), streaming);
                         let value = match value {
                             // A stream stays in flight on its target until it is dropped.
                             Answer::Stream(mut stream) => {
@@ -563,6 +593,7 @@ impl Gateway {
                         return Ok(Served { value, model: logical.config.name.clone(), target: target.config.label.clone(), attempts });
                     }
                     Err(error) => {
+                        self.metrics.attempt(&logical.config.name, &target.config.label, error.class.as_str());
                         match &error.class {
                             ErrorClass::RateLimited { retry_after } => {
                                 cool(&key.cooldown_until, retry_after.unwrap_or(DEFAULT_RATE_COOLDOWN));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod openai;
 pub mod port;
 mod resp;

@@ -119,6 +119,7 @@ impl ModelPort for GatewayPort {
                     return Err(port_error(&error));
                 }
             };
+            let target = served.target;
             let mut stream = served.value;
             let mut reply = ModelReply::default();
             let mut used = None;
@@ -143,6 +144,7 @@ impl ModelPort for GatewayPort {
                     }
                     StreamEvent::Usage(usage) => {
                         used = Some(usage.total_tokens);
+                        gateway.metrics().usage(&model, &target, usage.prompt_tokens, usage.completion_tokens);
                         reply.usage = Usage {
                             prompt_tokens: usage.prompt_tokens as i64,
                             completion_tokens: usage.completion_tokens as i64,

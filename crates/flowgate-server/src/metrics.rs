@@ -4,45 +4,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-/// Upper bounds of the duration buckets, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
-
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, seconds: f64) {
-        if let Some(index) = BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
-/// A label value with Prometheus' escapes.
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+use flowgate_metrics::{Histogram, Histograms, label};
 
 /// One route's requests: counts by status and how long they took.
 #[derive(Default)]
@@ -55,8 +19,8 @@ struct RouteStats {
 pub struct Metrics {
     /// Method → route → stats; looked up by `&str`, so counting a request allocates nothing.
     requests: RwLock<HashMap<String, HashMap<String, Arc<RouteStats>>>>,
-    runs: RwLock<HashMap<(String, &'static str), Arc<Histogram>>>,
-    nodes: RwLock<HashMap<Arc<str>, Arc<Histogram>>>,
+    runs: Histograms<(String, &'static str)>,
+    nodes: Histograms<Arc<str>>,
 }
 
 /// What the server reports alongside its own counters.
@@ -69,16 +33,6 @@ pub struct Gauges {
     pub recorder_rows: u64,
     pub recorder_errors: u64,
     pub runs_in_progress: usize,
-}
-
-fn observe<K: Eq + std::hash::Hash + Clone>(map: &RwLock<HashMap<K, Arc<Histogram>>>, key: &K, seconds: f64) {
-    if let Some(histogram) = map.read().ok().and_then(|map| map.get(key).cloned()) {
-        histogram.observe(seconds);
-        return;
-    }
-    if let Ok(mut map) = map.write() {
-        map.entry(key.clone()).or_default().observe(seconds);
-    }
 }
 
 impl Metrics {
@@ -98,11 +52,11 @@ impl Metrics {
     }
 
     pub fn run_finished(&self, app_id: &str, status: &'static str, seconds: f64) {
-        observe(&self.runs, &(app_id.to_owned(), status), seconds);
+        self.runs.observe(&(app_id.to_owned(), status), seconds);
     }
 
     pub fn node_finished(&self, node_type: &Arc<str>, seconds: f64) {
-        observe(&self.nodes, node_type, seconds);
+        self.nodes.observe(node_type, seconds);
     }
 
     pub fn render(&self, gauges: &Gauges) -> String {
@@ -145,21 +99,13 @@ impl Metrics {
         }
         out.push_str("# HELP flowgate_run_duration_seconds Workflow and chatflow runs by app and final status.\n");
         out.push_str("# TYPE flowgate_run_duration_seconds histogram\n");
-        if let Ok(runs) = self.runs.read() {
-            let mut rows: Vec<_> = runs.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            for ((app_id, status), histogram) in rows {
-                histogram.render(&mut out, "flowgate_run_duration_seconds", &format!("app_id=\"{}\",status=\"{status}\"", label(app_id)));
-            }
+        for ((app_id, status), histogram) in self.runs.sorted() {
+            histogram.render(&mut out, "flowgate_run_duration_seconds", &format!("app_id=\"{}\",status=\"{status}\"", label(&app_id)));
         }
         out.push_str("# HELP flowgate_node_duration_seconds Node executions by node type.\n");
         out.push_str("# TYPE flowgate_node_duration_seconds histogram\n");
-        if let Ok(nodes) = self.nodes.read() {
-            let mut rows: Vec<_> = nodes.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            for (node_type, histogram) in rows {
-                histogram.render(&mut out, "flowgate_node_duration_seconds", &format!("node_type=\"{}\"", label(node_type)));
-            }
+        for (node_type, histogram) in self.nodes.sorted() {
+            histogram.render(&mut out, "flowgate_node_duration_seconds", &format!("node_type=\"{}\"", label(&node_type)));
         }
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

@@ -446,7 +446,11 @@ async fn metrics(State(state): State<Shared>) -> Response {
         recorder_errors: stats.write_errors.load(Ordering::Relaxed),
         runs_in_progress: state.tasks.lock().map(|tasks| tasks.len()).unwrap_or(0),
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()
+    let mut text = state.metrics.render(&gauges);
+    if let Some(gateway) = &state.gateway {
+        gateway.metrics().render(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn not_found() -> ApiError {

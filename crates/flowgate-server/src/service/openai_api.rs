@@ -180,6 +180,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         Ok(authorized) => authorized,
         Err(failure) => return failure.into_response(),
     };
+    gateway.metrics().key_used(&key);
     let parsed = match parse(&body) {
         Ok(parsed) => parsed,
         Err(failure) => return failure.into_response(),
@@ -209,6 +210,9 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     if !parsed.stream {
         return match gateway.chat(&parsed.model, &parsed.request).await {
             Ok(served) => {
+                if let Some(usage) = &served.value.usage {
+                    gateway.metrics().usage(&served.model, &served.target, usage.prompt_tokens, usage.completion_tokens);
+                }
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
                 gateway.remember(&parsed.model, &parsed.request, &served.value).await;
                 axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response()
@@ -231,6 +235,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     let include_usage = parsed.include_usage;
     let request = parsed.request;
     tokio::spawn(async move {
+        let (served_model, target) = (served.model, served.target);
         let mut stream = served.value;
         // The answer as it streams, for the cache.
         let mut whole = ChatResponse { model: model.clone(), ..ChatResponse::default() };
@@ -247,7 +252,10 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         }
         while let Some(event) = stream.next().await {
             match &event {
-                Ok(StreamEvent::Usage(usage)) => used = Some(usage.total_tokens),
+                Ok(StreamEvent::Usage(usage)) => {
+                    used = Some(usage.total_tokens);
+                    gateway.metrics().usage(&served_model, &target, usage.prompt_tokens, usage.completion_tokens);
+                }
                 Ok(StreamEvent::Text(text)) => whole.content.push_str(text),
                 Ok(StreamEvent::Reasoning(text)) => whole.reasoning.push_str(text),
                 Ok(StreamEvent::Finish(reason)) => whole.finish_reason = Some(reason.clone()),
@@ -357,6 +365,7 @@ pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: B
         Ok(authorized) => authorized,
         Err(failure) => return failure.into_response(),
     };
+    gateway.metrics().key_used(&key);
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value @ Value::Object(_)) => value,
         _ => {

@@ -58,6 +58,25 @@ fn the_openai_sdk_works_against_the_gateway() {
     assert!(sent.iter().all(|request| request.authorization.as_deref() == Some("Bearer sk-upstream-secret")));
     assert!(sent.iter().any(|request| request.body["stream_options"]["include_usage"] == true), "usage is always asked of the upstream");
     assert_eq!(primary.requests_for("flaky-up"), 1, "the failing target cooled down after its first 503");
+
+    // What the calls did, in /metrics.
+    let (status, metrics) = crate::harness::http(&server.address, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let has = |line: &str| assert!(metrics.lines().any(|candidate| candidate == line), "missing `{line}` in:\n{metrics}");
+    let target = |mock: &MockUpstream, model: &str| format!("openai_compatible/{model}@{}", mock.address);
+    has(&format!("flowgate_gateway_attempts_total{{model=\"flaky\",target=\"{}\",result=\"overloaded\"}} 1", target(&primary, "flaky-up")));
+    has(&format!("flowgate_gateway_attempts_total{{model=\"flaky\",target=\"{}\",result=\"ok\"}} 3", target(&backup, "flaky-up")));
+    has(&format!(
+        "flowgate_gateway_attempts_total{{model=\"limited\",target=\"{}\",result=\"rate_limited\"}} 1",
+        target(&primary, "limited-up")
+    ));
+    has("flowgate_gateway_requests_total{model=\"flaky\",outcome=\"ok\"} 3");
+    has("flowgate_gateway_requests_total{model=\"limited\",outcome=\"error\"} 1");
+    // Three chat calls to `main` of 4 completion tokens each (usage is asked of the upstream
+    // even when the client did not ask for it).
+    has(&format!("flowgate_gateway_tokens_total{{model=\"main\",target=\"{}\",direction=\"completion\"}} 12", target(&primary, "main-up")));
+    assert!(metrics.contains("flowgate_gateway_first_token_seconds_count{model=\"main\""), "{metrics}");
+    assert!(metrics.contains("flowgate_gateway_key_requests_total{key=\"tests\"}"), "{metrics}");
 }
 
 #[test]
@@ -94,6 +113,15 @@ fn two_servers_share_one_rate_limit_through_redis() {
         }
     }
     assert_eq!(passed, 12, "across both servers, exactly the limit passes");
+    let rejected: u64 = servers
+        .iter()
+        .map(|server| {
+            let (_, metrics) = crate::harness::http(&server.address, "GET", "/metrics", None, None);
+            let line = format!("flowgate_gateway_limit_rejections_total{{rule=\"{rule}\"}} ");
+            metrics.lines().find_map(|candidate| candidate.strip_prefix(&line)).map_or(0, |count| count.parse().unwrap())
+        })
+        .sum();
+    assert_eq!(rejected, 28, "each refusal is counted once, by the server that refused it");
     assert_eq!(mock.requests_for("up"), 12, "refused calls never reach the upstream");
 }
 

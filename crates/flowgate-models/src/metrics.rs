@@ -1,0 +1,118 @@
+//! The gateway's Prometheus metrics, per logical model, target and gateway key: requests by
+//! outcome, attempts by result (errors by class), answer time and time to first token, tokens
+//! in and out, cache hits, fallbacks and limit rejections.
+
+use std::fmt::Write;
+
+use flowgate_metrics::{Counters, Histograms, label};
+
+#[derive(Default)]
+pub struct GatewayMetrics {
+    /// (model, outcome: ok | error | limited | cache_hit).
+    requests: Counters<(String, &'static str)>,
+    /// (model, target, result: ok or the error class).
+    attempts: Counters<(String, String, &'static str)>,
+    /// (model, target): complete answers.
+    answer_time: Histograms<(String, String)>,
+    /// (model, target): streams, until the first token.
+    first_token: Histograms<(String, String)>,
+    /// (model, target, prompt | completion).
+    tokens: Counters<(String, String, &'static str)>,
+    /// (requested model, serving model).
+    fallbacks: Counters<(String, String)>,
+    /// Limit rule.
+    limited: Counters<String>,
+    /// Gateway key name.
+    keys: Counters<String>,
+}
+
+impl GatewayMetrics {
+    pub(crate) fn request(&self, model: &str, outcome: &'static str) {
+        self.requests.add(&(model.to_owned(), outcome), 1);
+    }
+
+    pub(crate) fn attempt(&self, model: &str, target: &str, result: &'static str) {
+        self.attempts.add(&(model.to_owned(), target.to_owned(), result), 1);
+    }
+
+    pub(crate) fn answered(&self, model: &str, target: &str, seconds: f64, streaming: bool) {
+        let key = (model.to_owned(), target.to_owned());
+        if streaming { self.first_token.observe(&key, seconds) } else { self.answer_time.observe(&key, seconds) }
+    }
+
+    pub(crate) fn fallback(&self, requested: &str, served: &str) {
+        self.fallbacks.add(&(requested.to_owned(), served.to_owned()), 1);
+    }
+
+    pub(crate) fn limited(&self, rule: &str) {
+        self.limited.add(&rule.to_owned(), 1);
+    }
+
+    /// A call through the OpenAI-compatible endpoint with this gateway key.
+    pub fn key_used(&self, name: &str) {
+        self.keys.add(&name.to_owned(), 1);
+    }
+
+    /// Tokens a call used, as the upstream reported them.
+    pub fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64) {
+        self.tokens.add(&(model.to_owned(), target.to_owned(), "prompt"), prompt);
+        self.tokens.add(&(model.to_owned(), target.to_owned(), "completion"), completion);
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        header(out, "flowgate_gateway_requests_total", "counter", "Model calls by logical model and outcome.");
+        for ((model, outcome), count) in self.requests.sorted() {
+            let _ = writeln!(out, "flowgate_gateway_requests_total{{model=\"{}\",outcome=\"{outcome}\"}} {count}", label(&model));
+        }
+        header(out, "flowgate_gateway_attempts_total", "counter", "Upstream attempts by model, target and result (ok or the error class).");
+        for ((model, target, result), count) in self.attempts.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_attempts_total{{model=\"{}\",target=\"{}\",result=\"{result}\"}} {count}",
+                label(&model),
+                label(&target)
+            );
+        }
+        header(out, "flowgate_gateway_answer_seconds", "histogram", "Time to a complete answer, by model and target.");
+        for ((model, target), histogram) in self.answer_time.sorted() {
+            histogram.render(out, "flowgate_gateway_answer_seconds", &format!("model=\"{}\",target=\"{}\"", label(&model), label(&target)));
+        }
+        header(out, "flowgate_gateway_first_token_seconds", "histogram", "Time to the first streamed token, by model and target.");
+        for ((model, target), histogram) in self.first_token.sorted() {
+            histogram.render(
+                out,
+                "flowgate_gateway_first_token_seconds",
+                &format!("model=\"{}\",target=\"{}\"", label(&model), label(&target)),
+            );
+        }
+        header(out, "flowgate_gateway_tokens_total", "counter", "Tokens by model, target and direction, as upstreams reported them.");
+        for ((model, target, direction), count) in self.tokens.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_tokens_total{{model=\"{}\",target=\"{}\",direction=\"{direction}\"}} {count}",
+                label(&model),
+                label(&target)
+            );
+        }
+        header(out, "flowgate_gateway_fallbacks_total", "counter", "Calls served by a fallback model.");
+        for ((requested, served), count) in self.fallbacks.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_fallbacks_total{{model=\"{}\",served_by=\"{}\"}} {count}",
+                label(&requested),
+                label(&served)
+            );
+        }
+        header(out, "flowgate_gateway_limit_rejections_total", "counter", "Calls refused by a limit rule.");
+        for (rule, count) in self.limited.sorted() {
+            let _ = writeln!(out, "flowgate_gateway_limit_rejections_total{{rule=\"{}\"}} {count}", label(&rule));
+        }
+        header(out, "flowgate_gateway_key_requests_total", "counter", "Calls through the OpenAI-compatible endpoint by gateway key.");
+        for (key, count) in self.keys.sorted() {
+            let _ = writeln!(out, "flowgate_gateway_key_requests_total{{key=\"{}\"}} {count}", label(&key));
+        }
+    }
+}
