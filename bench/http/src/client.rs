@@ -31,7 +31,7 @@ impl Request {
 /// A request factory: most scenarios send one request; some vary it per request.
 pub type MakeRequest = Arc<dyn Fn(u64) -> Arc<Request> + Send + Sync>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Outcome {
     pub ok: u64,
     pub failed: u64,

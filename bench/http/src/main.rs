@@ -26,6 +26,7 @@
 //!   RSS and database size after each tenth.
 
 mod client;
+mod gateway;
 mod recorder;
 
 use std::path::{Path, PathBuf};
@@ -50,10 +51,28 @@ struct Options {
     only: Option<Vec<String>>,
     soak: Option<u64>,
     postgres: bool,
+    /// The gateway scenario: the mock upstream's binary, LiteLLM's, and the rates.
+    mock: PathBuf,
+    litellm: Option<PathBuf>,
+    rates: Vec<f64>,
+    litellm_rates: Vec<f64>,
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut options = Options { flowgate: PathBuf::from("target/release/flowgate"), seconds: 10, only: None, soak: None, postgres: true };
+    let mut options = Options {
+        flowgate: PathBuf::from("target/release/flowgate"),
+        seconds: 10,
+        only: None,
+        soak: None,
+        postgres: true,
+        mock: PathBuf::from("target/release/flowgate-mock-upstream"),
+        litellm: None,
+        rates: vec![100.0, 1000.0, 5000.0],
+        litellm_rates: vec![100.0],
+    };
+    let rates = |text: String| {
+        text.split(',').map(|rate| rate.trim().parse::<f64>().map_err(|_| format!("bad rate {rate}"))).collect::<Result<Vec<_>, _>>()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -63,6 +82,10 @@ fn parse_options() -> Result<Options, String> {
             "--only" => options.only = Some(value()?.split(',').map(str::to_owned).collect()),
             "--soak" => options.soak = Some(value()?.parse().map_err(|_| "--soak needs a number of runs".to_owned())?),
             "--no-postgres" => options.postgres = false,
+            "--mock" => options.mock = PathBuf::from(value()?),
+            "--litellm" => options.litellm = Some(PathBuf::from(value()?)),
+            "--rates" => options.rates = rates(value()?)?,
+            "--litellm-rates" => options.litellm_rates = rates(value()?)?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -311,6 +334,7 @@ fn print_row(row: &Row) {
 
 /// A load and what it cost: CPU ms per successful request of the server, of PostgreSQL's
 /// processes and of this load generator, over the same window.
+#[derive(Clone)]
 struct Measured {
     outcome: Outcome,
     server_cpu_ms: f64,
@@ -340,6 +364,42 @@ async fn measure(pid: u32, address: &str, make: MakeRequest, seconds: u64, pace:
     Measured {
         server_cpu_ms: per_request(cpu_seconds(pid) - server_before),
         database_cpu_ms: per_request(postgres_cpu_seconds() - database_before),
+        client_cpu_ms: per_request(cpu_seconds(std::process::id()) - client_before),
+        outcome,
+    }
+}
+
+/// CPU seconds of a process and all its descendants (LiteLLM's workers are child processes).
+fn tree_cpu_seconds(root: u32) -> f64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else { return f64::NAN };
+    let parents: Vec<(u32, u32)> = processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, parent))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut index = 0;
+    while index < tree.len() {
+        let parent = tree[index];
+        tree.extend(parents.iter().filter(|(_, of)| *of == parent).map(|(pid, _)| *pid));
+        index += 1;
+    }
+    tree.into_iter().map(cpu_seconds).filter(|seconds| seconds.is_finite()).sum()
+}
+
+/// Like [`measure`], with the CPU of the server's whole process tree and no database.
+async fn measure_tree(pid: u32, address: &str, make: MakeRequest, seconds: u64, pace: Pace) -> Measured {
+    load_paced(address, CONNECTIONS, make.clone(), Until::Elapsed(Duration::from_secs(2)), pace, false).await;
+    let (server_before, client_before) = (tree_cpu_seconds(pid), cpu_seconds(std::process::id()));
+    let outcome = load_paced(address, CONNECTIONS, make, Until::Elapsed(Duration::from_secs(seconds)), pace, true).await;
+    let per_request = |seconds: f64| seconds * 1000.0 / outcome.ok.max(1) as f64;
+    Measured {
+        server_cpu_ms: per_request(tree_cpu_seconds(pid) - server_before),
+        database_cpu_ms: 0.0,
         client_cpu_ms: per_request(cpu_seconds(std::process::id()) - client_before),
         outcome,
     }
@@ -428,6 +488,12 @@ async fn run(options: Options) -> Result<(), String> {
     if let Some(runs) = options.soak {
         println!();
         soak(&options, runs).await?;
+    }
+    // Only when asked for: it needs the mock upstream's binary (and LiteLLM for the comparison).
+    if options.only.as_ref().is_some_and(|only| only.iter().any(|name| name == "gateway")) {
+        println!();
+        gateway::run(&options.flowgate, &options.mock, options.litellm.as_deref(), &options.rates, &options.litellm_rates, options.seconds)
+            .await?;
     }
     Ok(())
 }
