@@ -133,11 +133,12 @@ fn print(line: &Line, direct: Option<&Measured>) {
         None => ("?".into(), "?".into()),
     };
     println!(
-        "| {} | {:.0} | {:.0} | {p50:.2} | {p99:.2} | {added50} | {added99} | {:.3} | {} |",
+        "| {} | {:.0} | {:.0} | {p50:.2} | {p99:.2} | {added50} | {added99} | {:.3} | {:.3} | {} |",
         line.system,
         line.rate,
         outcome.per_second(),
         line.measured.server_cpu_ms,
+        line.measured.client_cpu_ms,
         outcome.failed
     );
     if let Some(failure) = &outcome.first_failure {
@@ -163,8 +164,10 @@ pub async fn run(
         "gateway: streaming chat completions (20 chunks each), open loop on {CONNECTIONS} connections, {seconds} s per row after a 2 s warm-up; \
          added = the gateway's percentile minus the mock's at the same rate; CPU = the gateway's process tree per request\n"
     );
-    println!("| system | offered req/s | achieved req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| system | offered req/s | achieved req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req | load generator CPU ms/req | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let request =
         |address: &str, path: &str, key: &str, model: &str| fixed(Request::post_json(address, path, key, &body(model), vec!["[DONE]"]));
     for rate in rates {

@@ -189,7 +189,7 @@ impl MockUpstream {
             let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else { return };
             runtime.block_on(async move {
                 if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                    let _ = axum::serve(listener, app).await;
+                    let _ = axum::serve(without_delay(listener), app).await;
                 }
             });
         })?;
@@ -250,7 +250,23 @@ pub async fn serve(listener: tokio::net::TcpListener, behaviour: Behaviour) -> s
     if let Ok(mut scripts) = shared.scripts.lock() {
         scripts.fallback = behaviour;
     }
-    axum::serve(listener, router(shared)).await
+    axum::serve(without_delay(listener), router(shared)).await
+}
+
+/// Every stream chunk leaves at once, as a real server's should: without TCP_NODELAY the second
+/// small write waits for the client's delayed ACK (40 ms).
+fn without_delay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    })
+}
+
+/// Waits, unless there is nothing to wait for (a zero sleep still waits for the timer's next
+/// tick, a millisecond).
+async fn pause(duration: Duration) {
+    if !duration.is_zero() {
+        tokio::time::sleep(duration).await;
+    }
 }
 
 fn now_seconds() -> u64 {
@@ -332,16 +348,16 @@ fn event_stream(frames: Vec<Bytes>, tokens_at: usize, behaviour: Behaviour) -> R
     tokio::spawn(async move {
         let cut = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, what.to_owned()));
         if behaviour.stream_failure == Some(StreamFailure::BeforeFirstToken) {
-            tokio::time::sleep(behaviour.first_token).await;
+            pause(behaviour.first_token).await;
             let _ = sender.send(cut("stream cut before the first token")).await;
             return;
         }
         let mut tokens_sent = 0;
         for (index, frame) in frames.into_iter().enumerate() {
             if index == tokens_at {
-                tokio::time::sleep(behaviour.first_token).await;
-            } else if index > tokens_at && !behaviour.between_tokens.is_zero() {
-                tokio::time::sleep(behaviour.between_tokens).await;
+                pause(behaviour.first_token).await;
+            } else if index > tokens_at {
+                pause(behaviour.between_tokens).await;
             }
             if index >= tokens_at {
                 if let Some(StreamFailure::AfterTokens(limit)) = behaviour.stream_failure
@@ -384,7 +400,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Ur
         return bad_request("you must provide a model parameter and messages");
     }
     let behaviour = shared.next(&model);
-    tokio::time::sleep(behaviour.latency).await;
+    pause(behaviour.latency).await;
     if behaviour.status != 200 {
         return error_response(&behaviour, Wire::OpenAi);
     }
@@ -444,7 +460,7 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
             .into_response();
     }
     let behaviour = shared.next(&model);
-    tokio::time::sleep(behaviour.latency).await;
+    pause(behaviour.latency).await;
     if behaviour.status != 200 {
         return error_response(&behaviour, Wire::Anthropic);
     }
@@ -493,7 +509,7 @@ async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
     shared.record("/v1/embeddings", &headers, &body);
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let behaviour = shared.next(&model);
-    tokio::time::sleep(behaviour.latency).await;
+    pause(behaviour.latency).await;
     if behaviour.status != 200 {
         return error_response(&behaviour, Wire::OpenAi);
     }

@@ -34,6 +34,8 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(10))
         .pool_max_idle_per_host(256)
+        // A streamed request body and small follow-up writes must not wait for delayed ACKs.
+        .tcp_nodelay(true)
         .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|error| format!("cannot build the model HTTP client: {error}"))

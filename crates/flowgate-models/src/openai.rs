@@ -1,6 +1,7 @@
 //! OpenAI's chat completions and embeddings, and every server that speaks them (vLLM, SGLang,
 //! Ollama, LM Studio, DeepSeek, SiliconFlow, OpenRouter, Azure OpenAI deployments).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -136,39 +137,89 @@ impl OpenAiTarget {
     }
 }
 
+/// A stream chunk as OpenAI-compatible servers send it; only what the gateway reads, borrowed
+/// from the frame (a chunk arrives per token, so this is the hot path of every stream).
+#[derive(serde::Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Delta<'a>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Vec<ToolCallDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: usize,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: FunctionDelta<'a>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+pub(crate) enum ChunkError {
+    Json(serde_json::Error),
+    Provider(ProviderError),
+}
+
 /// One chunk of an OpenAI stream (`data:` JSON) into events.
-pub(crate) fn parse_chunk(
-    label: &str,
-    chunk: &Value,
-    state: &mut StreamState,
-    pending: &mut VecDeque<StreamEvent>,
-) -> Result<(), ProviderError> {
-    if chunk["error"].is_object() {
-        let body = chunk.to_string();
-        return Err(ProviderError::from_response(label, 500, None, body.as_bytes()));
+pub(crate) fn parse_chunk(label: &str, data: &str, state: &mut StreamState, pending: &mut VecDeque<StreamEvent>) -> Result<(), ChunkError> {
+    let chunk: Chunk<'_> = serde_json::from_str(data).map_err(ChunkError::Json)?;
+    if chunk.error.is_some() {
+        return Err(ChunkError::Provider(ProviderError::from_response(label, 500, None, data.as_bytes())));
     }
-    if let Some(choice) = chunk["choices"].get(0) {
-        let delta = &choice["delta"];
-        if let Some(text) = delta["reasoning_content"].as_str().or(delta["reasoning"].as_str()).filter(|text| !text.is_empty()) {
-            pending.push_back(StreamEvent::Reasoning(text.to_owned()));
+    if let Some(choice) = chunk.choices.into_iter().next() {
+        let delta = choice.delta;
+        if let Some(text) = delta.reasoning_content.or(delta.reasoning).filter(|text| !text.is_empty()) {
+            pending.push_back(StreamEvent::Reasoning(text.into_owned()));
         }
-        if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
-            pending.push_back(StreamEvent::Text(text.to_owned()));
+        if let Some(text) = delta.content.filter(|text| !text.is_empty()) {
+            pending.push_back(StreamEvent::Text(text.into_owned()));
         }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+        for call in delta.tool_calls {
             pending.push_back(StreamEvent::ToolCall {
-                index: call["index"].as_u64().unwrap_or(0) as usize,
-                id: call["id"].as_str().map(str::to_owned),
-                name: call["function"]["name"].as_str().map(str::to_owned),
-                arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+                index: call.index,
+                id: call.id.map(Cow::into_owned),
+                name: call.function.name.map(Cow::into_owned),
+                arguments: call.function.arguments.map(Cow::into_owned).unwrap_or_default(),
             });
         }
-        if let Some(reason) = choice["finish_reason"].as_str() {
+        if let Some(reason) = choice.finish_reason {
             state.finished = true;
-            pending.push_back(StreamEvent::Finish(reason.to_owned()));
+            pending.push_back(StreamEvent::Finish(reason.into_owned()));
         }
     }
-    if let Ok(usage) = serde_json::from_value::<TokenUsage>(chunk["usage"].clone()) {
+    if let Some(usage) = chunk.usage {
         pending.push_back(StreamEvent::Usage(usage));
     }
     Ok(())

@@ -146,12 +146,27 @@ impl ChatStream {
             self.state.done = true;
             return Ok(());
         }
-        let chunk: Value = serde_json::from_str(&data)
-            .map_err(|error| ProviderError::new(ErrorClass::Protocol, &self.label, format!("a stream chunk is not JSON: {error}")))?;
+        let not_json = |error: serde_json::Error| {
+            ProviderError::new(ErrorClass::Protocol, &self.label, format!("a stream chunk is not JSON: {error}"))
+        };
         match self.dialect {
-            Dialect::OpenAi => crate::openai::parse_chunk(&self.label, &chunk, &mut self.state, &mut self.pending),
-            Dialect::Anthropic => crate::anthropic::parse_event(&self.label, event, &chunk, &mut self.state, &mut self.pending),
+            Dialect::OpenAi => {
+                crate::openai::parse_chunk(&self.label, &data, &mut self.state, &mut self.pending).map_err(|error| match error {
+                    crate::openai::ChunkError::Json(error) => not_json(error),
+                    crate::openai::ChunkError::Provider(error) => error,
+                })
+            }
+            Dialect::Anthropic => {
+                let chunk: Value = serde_json::from_str(&data).map_err(not_json)?;
+                crate::anthropic::parse_event(&self.label, event, &chunk, &mut self.state, &mut self.pending)
+            }
         }
+    }
+
+    /// Events already read and parsed, without waiting for more: a caller that forwards a
+    /// stream sends these together.
+    pub fn ready(&mut self) -> impl Iterator<Item = StreamEvent> + '_ {
+        self.pending.drain(..)
     }
 
     /// Reads the rest of the stream into one response (for callers that need the whole answer).

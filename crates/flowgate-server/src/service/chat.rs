@@ -28,7 +28,7 @@ pub fn require_chat_app(app: &App) -> Result<(), ApiError> {
         "chat" | "agent-chat" => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "app_unavailable",
-            format!("not supported yet: {} apps (model_config apps run once the model gateway lands)", app.mode),
+            format!("not supported yet: {} apps (model_config apps, which have no workflow graph)", app.mode),
         )),
         _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "not_chat_app", "Please check if your app mode matches the right API route.")),
     }
@@ -281,11 +281,7 @@ pub async fn suggested(State(state): State<Shared>, headers: HeaderMap, params: 
             "Function Suggested questions after answer disabled.",
         ));
     }
-    Err(ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "app_unavailable",
-        "not supported yet: suggested questions after an answer (they need the model gateway)",
-    ))
+    Err(ApiError::new(StatusCode::BAD_REQUEST, "app_unavailable", "not supported yet: suggested questions after an answer"))
 }
 
 /// `GET /app/feedbacks?page&limit`.

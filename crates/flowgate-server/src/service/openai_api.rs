@@ -5,14 +5,12 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::Poll;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
 use flowgate_models::limits::Caller;
 use flowgate_models::types::{ChatRequest, ChatResponse, Message, StreamEvent, TokenUsage};
@@ -194,7 +192,8 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     // A cache hit costs nothing upstream, so it is not counted against limits.
     if !bypass && let Some(answer) = gateway.cached(&parsed.model, &parsed.request).await {
         let mut response = if parsed.stream {
-            event_stream(replay(&id, &parsed.model, &answer, parsed.include_usage))
+            let writer = ChunkWriter { id, created: now_seconds(), model: parsed.model.clone() };
+            sse_response(axum::body::Body::from(replay(&writer, &answer, parsed.include_usage)))
         } else {
             axum::Json(completion_json(&id, &parsed.model, &answer)).into_response()
         };
@@ -230,129 +229,253 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
             return gateway_error(&failure).into_response();
         }
     };
-    let (sender, receiver) = mpsc::unbounded_channel::<Bytes>();
-    let model = parsed.model;
-    let include_usage = parsed.include_usage;
-    let request = parsed.request;
-    tokio::spawn(async move {
-        let (served_model, target) = (served.model, served.target);
-        let mut stream = served.value;
-        // The answer as it streams, for the cache.
-        let mut whole = ChatResponse { model: model.clone(), ..ChatResponse::default() };
-        let mut complete = true;
-        let created = now_seconds();
-        let chunk = |delta: Value, finish: Value| {
-            frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
-        };
-        let mut used = None;
-        if sender.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).is_err() {
-            reservation.settle(used).await;
-            return;
-        }
-        while let Some(event) = stream.next().await {
-            match &event {
-                Ok(StreamEvent::Usage(usage)) => {
-                    used = Some(usage.total_tokens);
-                    gateway.metrics().usage(&served_model, &target, usage.prompt_tokens, usage.completion_tokens);
-                }
-                Ok(StreamEvent::Text(text)) => whole.content.push_str(text),
-                Ok(StreamEvent::Reasoning(text)) => whole.reasoning.push_str(text),
-                Ok(StreamEvent::Finish(reason)) => whole.finish_reason = Some(reason.clone()),
-                // Tool calls are not replayed from the cache; such answers are not kept.
-                Ok(StreamEvent::ToolCall { .. }) | Err(_) => complete = false,
-            }
-            let bytes = match event {
-                Ok(StreamEvent::Text(text)) => chunk(json!({"content": text}), Value::Null),
-                Ok(StreamEvent::Reasoning(text)) => chunk(json!({"reasoning_content": text}), Value::Null),
-                Ok(StreamEvent::ToolCall { index, id, name, arguments }) => {
-                    let mut call = json!({"index": index, "function": {"arguments": arguments}});
-                    if let Some(id) = id {
-                        call["id"] = json!(id);
-                        call["type"] = json!("function");
-                    }
-                    if let Some(name) = name {
-                        call["function"]["name"] = json!(name);
-                    }
-                    chunk(json!({"tool_calls": [call]}), Value::Null)
-                }
-                Ok(StreamEvent::Finish(reason)) => chunk(json!({}), json!(reason)),
-                // Usage is always asked of the upstream; the client gets it only if it asked.
-                Ok(StreamEvent::Usage(usage)) if include_usage => frame(
-                    &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_json(&usage)}),
-                ),
-                Ok(StreamEvent::Usage(_)) => continue,
-                Err(failure) => {
-                    // Tokens were already sent: the client learns of the failure in the stream.
-                    let _ = sender.send(frame(&json!({"error": {"message": failure.to_string(), "type": "server_error", "param": null, "code": failure.class.as_str()}})));
-                    break;
-                }
-            };
-            // A client that went away stops the upstream call (the stream is dropped).
-            if sender.send(bytes).is_err() {
-                complete = false;
-                break;
-            }
-        }
-        drop(stream);
-        reservation.settle(used).await;
-        if complete {
-            gateway.remember(&model, &request, &whole).await;
-        }
-        let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
+    let forward = Forward {
+        stream: Some(served.value),
+        writer: ChunkWriter { id, created: now_seconds(), model: parsed.model.clone() },
+        include_usage: parsed.include_usage,
+        gateway,
+        served_model: served.model,
+        target: served.target,
+        request: parsed.request,
+        reservation: Some(reservation),
+        used: None,
+        whole: ChatResponse { model: parsed.model, ..ChatResponse::default() },
+        complete: true,
+        started: false,
+    };
+    let body = futures::stream::unfold(forward, |mut forward| async move {
+        let bytes = forward.step().await?;
+        Some((Ok::<_, Infallible>(bytes), forward))
     });
-    event_stream(receiver)
+    sse_response(axum::body::Body::from_stream(body))
+}
+
+/// Writes OpenAI's `chat.completion.chunk` frames (typed, not through `serde_json::Value`: a
+/// stream writes one per token).
+struct ChunkWriter {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+#[derive(serde::Serialize)]
+struct OutChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [OutChoice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a TokenUsage>,
+}
+
+#[derive(serde::Serialize)]
+struct OutChoice<'a> {
+    index: u32,
+    delta: OutDelta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(serde::Serialize, Default)]
+struct OutDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[OutToolCall<'a>; 1]>,
+}
+
+#[derive(serde::Serialize)]
+struct OutToolCall<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: OutFunction<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct OutFunction<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+impl ChunkWriter {
+    fn write(&self, out: &mut BytesMut, chunk: &OutChunk<'_>) {
+        out.extend_from_slice(b"data: ");
+        let mut writer = bytes::BufMut::writer(&mut *out);
+        let _ = serde_json::to_writer(&mut writer, chunk);
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn delta(&self, out: &mut BytesMut, delta: OutDelta<'_>, finish_reason: Option<&str>) {
+        let choices = [OutChoice { index: 0, delta, logprobs: None, finish_reason }];
+        let chunk = OutChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &choices,
+            usage: None,
+        };
+        self.write(out, &chunk);
+    }
+
+    fn usage(&self, out: &mut BytesMut, usage: &TokenUsage) {
+        let chunk = OutChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[],
+            usage: Some(usage),
+        };
+        self.write(out, &chunk);
+    }
+
+    fn event(&self, out: &mut BytesMut, event: &StreamEvent, include_usage: bool) {
+        match event {
+            StreamEvent::Text(text) => self.delta(out, OutDelta { content: Some(text), ..OutDelta::default() }, None),
+            StreamEvent::Reasoning(text) => self.delta(out, OutDelta { reasoning_content: Some(text), ..OutDelta::default() }, None),
+            StreamEvent::ToolCall { index, id, name, arguments } => {
+                let call = OutToolCall {
+                    index: *index,
+                    id: id.as_deref(),
+                    kind: id.as_ref().map(|_| "function"),
+                    function: OutFunction { name: name.as_deref(), arguments },
+                };
+                self.delta(out, OutDelta { tool_calls: Some([call]), ..OutDelta::default() }, None);
+            }
+            StreamEvent::Finish(reason) => self.delta(out, OutDelta::default(), Some(reason)),
+            // Usage is always asked of the upstream; the client gets it only if it asked.
+            StreamEvent::Usage(usage) if include_usage => self.usage(out, usage),
+            StreamEvent::Usage(_) => {}
+        }
+    }
+}
+
+/// An upstream stream forwarded to an OpenAI client: each read's events leave together as
+/// soon as they are parsed (no task or channel in between); at the end the token reservation
+/// is settled and a complete answer is cached.
+struct Forward {
+    stream: Option<flowgate_models::ChatStream>,
+    writer: ChunkWriter,
+    include_usage: bool,
+    gateway: Arc<Gateway>,
+    served_model: String,
+    target: String,
+    request: ChatRequest,
+    reservation: Option<flowgate_models::limits::Reservation>,
+    used: Option<u64>,
+    /// The answer as it streams, for the cache.
+    whole: ChatResponse,
+    complete: bool,
+    started: bool,
+}
+
+impl Forward {
+    fn note(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Usage(usage) => {
+                self.used = Some(usage.total_tokens);
+                self.gateway.metrics().usage(&self.served_model, &self.target, usage.prompt_tokens, usage.completion_tokens);
+            }
+            StreamEvent::Text(text) => self.whole.content.push_str(text),
+            StreamEvent::Reasoning(text) => self.whole.reasoning.push_str(text),
+            StreamEvent::Finish(reason) => self.whole.finish_reason = Some(reason.clone()),
+            // Tool calls are not replayed from the cache; such answers are not kept.
+            StreamEvent::ToolCall { .. } => self.complete = false,
+        }
+    }
+
+    /// The next bytes for the client, or `None` when the stream has ended.
+    async fn step(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::with_capacity(512);
+        if !self.started {
+            self.started = true;
+            self.writer.delta(&mut out, OutDelta { role: Some("assistant"), content: Some(""), ..OutDelta::default() }, None);
+        }
+        loop {
+            let stream = self.stream.as_mut()?;
+            match stream.next().await {
+                Some(Ok(event)) => {
+                    self.note(&event);
+                    self.writer.event(&mut out, &event, self.include_usage);
+                    let ready: Vec<StreamEvent> = self.stream.as_mut().map(|stream| stream.ready().collect()).unwrap_or_default();
+                    for event in &ready {
+                        self.note(event);
+                        self.writer.event(&mut out, event, self.include_usage);
+                    }
+                }
+                Some(Err(failure)) => {
+                    // Tokens were already sent: the client learns of the failure in the stream.
+                    self.complete = false;
+                    let error = json!({"error": {"message": failure.to_string(), "type": "server_error", "param": null, "code": failure.class.as_str()}});
+                    out.extend_from_slice(format!("data: {error}\n\n").as_bytes());
+                    self.finish().await;
+                }
+                None => {
+                    self.finish().await;
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                }
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        // The upstream connection goes back to the pool (or closes) before the bookkeeping.
+        self.stream = None;
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(self.used).await;
+        }
+        if self.complete {
+            self.gateway.remember(&self.writer.model, &self.request, &self.whole).await;
+        }
+    }
+}
+
+impl Drop for Forward {
+    /// A client that went away drops the body: the upstream call stops with it, and what it
+    /// reserved is settled with what it used so far.
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let used = self.used;
+            tokio::spawn(reservation.settle(used));
+        }
+    }
 }
 
 /// A cached answer as the stream it once was: the text in word-sized pieces, then the finish
 /// reason, the (zero) usage if asked for, and `[DONE]`.
-fn replay(id: &str, model: &str, answer: &ChatResponse, include_usage: bool) -> mpsc::UnboundedReceiver<Bytes> {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let created = now_seconds();
-    let chunk = |delta: Value, finish: Value| {
-        frame(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
-    };
-    let _ = sender.send(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+fn replay(writer: &ChunkWriter, answer: &ChatResponse, include_usage: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    writer.delta(&mut out, OutDelta { role: Some("assistant"), content: Some(""), ..OutDelta::default() }, None);
     if !answer.reasoning.is_empty() {
-        let _ = sender.send(chunk(json!({"reasoning_content": answer.reasoning}), Value::Null));
+        writer.delta(&mut out, OutDelta { reasoning_content: Some(&answer.reasoning), ..OutDelta::default() }, None);
     }
     for piece in answer.content.split_inclusive(char::is_whitespace) {
-        let _ = sender.send(chunk(json!({"content": piece}), Value::Null));
+        writer.delta(&mut out, OutDelta { content: Some(piece), ..OutDelta::default() }, None);
     }
-    let _ = sender.send(chunk(json!({}), json!(answer.finish_reason.as_deref().unwrap_or("stop"))));
+    writer.delta(&mut out, OutDelta::default(), Some(answer.finish_reason.as_deref().unwrap_or("stop")));
     if include_usage {
-        let usage = usage_json(&TokenUsage::default());
-        let _ = sender.send(frame(
-            &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}),
-        ));
+        writer.usage(&mut out, &TokenUsage::default());
     }
-    let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n"));
-    receiver
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out.freeze()
 }
 
-fn frame(value: &Value) -> Bytes {
-    let mut bytes = BytesMut::with_capacity(128);
-    bytes.extend_from_slice(b"data: ");
-    bytes.extend_from_slice(value.to_string().as_bytes());
-    bytes.extend_from_slice(b"\n\n");
-    bytes.freeze()
-}
-
-/// Frames as they come, those already waiting sent together; no pings (OpenAI streams have none).
-fn event_stream(mut frames: mpsc::UnboundedReceiver<Bytes>) -> Response {
-    let stream = futures::stream::poll_fn(move |context| {
-        let mut chunk = BytesMut::new();
-        loop {
-            match frames.poll_recv(context) {
-                Poll::Ready(Some(frame)) => chunk.extend_from_slice(&frame),
-                Poll::Ready(None) if chunk.is_empty() => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending if !chunk.is_empty() => return Poll::Ready(Some(Ok::<_, Infallible>(chunk.freeze()))),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    });
-    let mut response = Response::new(axum::body::Body::from_stream(stream));
+/// An event-stream response with the headers that keep proxies from buffering it.
+fn sse_response(body: axum::body::Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
