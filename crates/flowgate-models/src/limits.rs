@@ -164,9 +164,14 @@ impl Reservation {
 
 struct Window {
     index: u64,
+    window_ms: u64,
     current: i64,
     previous: i64,
 }
+
+/// Counters kept in memory before the expired ones are dropped: a rule by end user meets a new
+/// user with every signup, and the map must not grow with them forever.
+const MEMORY_COUNTERS: usize = 100_000;
 
 struct LimiterInner {
     rules: Vec<Rule>,
@@ -315,9 +320,13 @@ impl LimiterInner {
     /// `Some((index of the refusing charge, retry after))`, or reserves everything.
     fn admit_in_memory(&self, charges: &[Charge], now: u64) -> Option<(usize, Duration)> {
         let Ok(mut windows) = self.memory.lock() else { return Some((0, Duration::from_secs(1))) };
+        if windows.len() >= MEMORY_COUNTERS {
+            // A counter two windows old counts for nothing any more.
+            windows.retain(|_, window| now / window.window_ms <= window.index + 1);
+        }
         for (index, charge) in charges.iter().enumerate() {
             let window_ms = charge.window.as_millis().max(1) as u64;
-            let window = windows.entry(charge.key.clone()).or_insert(Window { index: now / window_ms, current: 0, previous: 0 });
+            let window = windows.entry(charge.key.clone()).or_insert(Window { index: now / window_ms, window_ms, current: 0, previous: 0 });
             roll(window, now / window_ms);
             let elapsed = now % window_ms;
             let used = (window.previous as f64 * (window_ms - elapsed) as f64 / window_ms as f64).floor() as i64 + window.current;
@@ -432,9 +441,21 @@ mod tests {
         assert_eq!(alone.retry_after, None, "a call larger than the limit can never pass: no Retry-After");
     }
 
+    #[tokio::test]
+    async fn counters_of_users_gone_quiet_are_dropped_instead_of_kept_forever() {
+        let limiter = limiter(vec![Quota { resource: Resource::Requests, window: Duration::from_millis(20), limit: 5 }], LimitBy::User);
+        let user = |n: usize| Caller { user: Some(format!("user-{n}")), ..Caller::default() };
+        for n in 0..MEMORY_COUNTERS {
+            limiter.admit("m", &user(n), 0).await.unwrap().settle(None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        limiter.admit("m", &user(MEMORY_COUNTERS), 0).await.unwrap().settle(None).await;
+        assert_eq!(limiter.inner.memory.lock().unwrap().len(), 1, "only the live counter is left");
+    }
+
     #[test]
     fn the_previous_window_still_counts_as_it_slides_out() {
-        let mut window = Window { index: 10, current: 100, previous: 0 };
+        let mut window = Window { index: 10, window_ms: 1000, current: 100, previous: 0 };
         roll(&mut window, 11);
         assert_eq!((window.previous, window.current), (100, 0));
         roll(&mut window, 13);
