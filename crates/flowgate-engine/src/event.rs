@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::ports::Usage;
 use crate::value::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,8 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// Seconds.
     pub elapsed: f64,
-    pub total_tokens: i64,
+    /// Every model call's tokens and price, added up (Dify's `llm_usage` of the run).
+    pub usage: Usage,
     pub total_steps: u64,
     pub exceptions_count: u32,
     pub created_at: i64,

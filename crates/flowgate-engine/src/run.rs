@@ -363,7 +363,7 @@ impl Runner<'_> {
             outputs: Arc::new(outputs),
             error,
             elapsed: self.started.elapsed().as_secs_f64(),
-            total_tokens: self.usage.total_tokens,
+            usage: self.usage.clone(),
             total_steps,
             exceptions_count: self.exceptions,
             created_at: self.unix_at(self.started),

@@ -158,22 +158,10 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
-/// Token usage in `message_end` (prices are zero until the gateway reports them).
+/// Token usage in `message_end` and a chat message's metadata: the run's model calls added up,
+/// in Dify's `LLMUsage` shape (its `latency` is the models' time, not the run's).
 pub fn usage_json(summary: &RunSummary) -> Json {
-    json!({
-        "prompt_tokens": 0,
-        "prompt_unit_price": "0.0",
-        "prompt_price_unit": "0.0",
-        "prompt_price": "0.0",
-        "completion_tokens": 0,
-        "completion_unit_price": "0.0",
-        "completion_price_unit": "0.0",
-        "completion_price": "0.0",
-        "total_tokens": summary.total_tokens,
-        "total_price": "0.0",
-        "currency": "USD",
-        "latency": summary.elapsed,
-    })
+    serde_json::to_value(summary.usage.to_value()).unwrap_or(Json::Null)
 }
 
 fn json_bytes(value: &Json) -> Bytes {
@@ -346,7 +334,7 @@ impl Serialize for WorkflowFinishedData<'_> {
         map.serialize_entry("outputs", &MapRef(&summary.outputs))?;
         map.serialize_entry("error", &summary.error)?;
         map.serialize_entry("elapsed_time", &summary.elapsed)?;
-        map.serialize_entry("total_tokens", &summary.total_tokens)?;
+        map.serialize_entry("total_tokens", &summary.usage.total_tokens)?;
         map.serialize_entry("total_steps", &summary.total_steps)?;
         if !self.blocking {
             map.serialize_entry("created_by", &CreatedBy { id: &self.wire.end_user_id, user: &self.wire.user })?;

@@ -352,7 +352,7 @@ impl RunRecording {
             status: summary.status.as_str(),
             error: summary.error.clone(),
             elapsed: summary.elapsed,
-            total_tokens: summary.total_tokens,
+            total_tokens: summary.usage.total_tokens,
             total_steps: summary.total_steps as i64,
             exceptions: i64::from(summary.exceptions_count),
             finished_at: summary.finished_at,

@@ -121,7 +121,7 @@ fn summary(run_id: &str, outputs: Map) -> RunSummary {
         outputs: Arc::new(outputs),
         error: None,
         elapsed: 0.01,
-        total_tokens: 0,
+        usage: Default::default(),
         total_steps: 2,
         exceptions_count: 0,
         created_at: flowgate_store::now(),

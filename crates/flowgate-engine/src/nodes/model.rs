@@ -77,6 +77,15 @@ pub struct LlmNode {
     context: Option<Selector>,
     separate_reasoning: bool,
     structured_output: Option<serde_json::Value>,
+    /// With memory on, the user's turn: `memory.query_prompt_template` (or `sys.query`).
+    query: Option<TextTemplate>,
+}
+
+/// Dify's `query_prompt_template` of a node with memory; empty means the user's query itself.
+fn memory_query(memory: Option<&serde_json::Value>) -> Option<String> {
+    let memory = memory.filter(|memory| memory.is_object())?;
+    let template = memory.get("query_prompt_template").and_then(serde_json::Value::as_str).unwrap_or_default();
+    Some(if template.is_empty() { "{{#sys.query#}}".to_owned() } else { template.to_owned() })
 }
 
 impl LlmNode {
@@ -117,22 +126,36 @@ impl LlmNode {
                 .structured_output_switch_on
                 .then(|| data.structured_output.clone().and_then(|output| output.get("schema").cloned().or(Some(output))))
                 .flatten(),
+            query: memory_query(data.memory.as_ref()).map(|template| TextTemplate::compile(&template, resolver)),
         }
     }
 
-    fn messages(&self, pool: &Pool) -> Result<Vec<ChatMessage>, String> {
+    /// The prompt as graphon builds it: the template's messages, then the user's turn when
+    /// the node has memory; messages that render empty are left out.
+    /// Errors carry Dify's error type.
+    fn messages(&self, pool: &Pool) -> Result<Vec<ChatMessage>, (String, &'static str)> {
         let context = self.context.as_ref().and_then(|selector| pool.get(selector)).map(|value| context_text(&value));
         let jinja_inputs = bound_inputs(&self.jinja_bindings, pool);
         let mut messages = Vec::with_capacity(self.prompt.len());
         for part in &self.prompt {
             let mut content = match &part.text {
                 MessageText::Basic(template) => template.render(pool, Render::Text),
-                MessageText::Jinja(template) => template.render(&jinja_inputs)?,
+                MessageText::Jinja(template) => template.render(&jinja_inputs).map_err(|error| (error, "TemplateRenderError"))?,
             };
             if part.uses_context {
                 content = content.replace(CONTEXT_PLACEHOLDER, context.as_deref().unwrap_or(""));
             }
             messages.push(ChatMessage { role: part.role.clone(), content, files: Vec::new() });
+        }
+        if let Some(query) = &self.query {
+            messages.push(ChatMessage { role: "user".into(), content: query.render(pool, Render::Text), files: Vec::new() });
+        }
+        messages.retain(|message| !message.content.is_empty() || !message.files.is_empty());
+        if messages.is_empty() {
+            return Err((
+                "No prompt found in the LLM configuration. Please ensure a prompt is properly configured before proceeding.".into(),
+                "NoPromptFoundError",
+            ));
         }
         Ok(messages)
     }
@@ -143,7 +166,7 @@ impl LlmNode {
         };
         let messages = match self.messages(ctx.pool) {
             Ok(messages) => messages,
-            Err(error) => return Exec::Done(NodeResult::failed(error, "TemplateRenderError")),
+            Err((error, error_type)) => return Exec::Done(NodeResult::failed(error, error_type)),
         };
         let inputs = prompt_inputs(&self.model, &messages);
         let call = self.model.call(ctx, messages, self.structured_output.clone());

@@ -162,7 +162,7 @@ async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &
         })
         .collect();
     let error = (summary.status == flowgate_engine::RunStatus::Failed).then(|| run_failed_message(summary));
-    let metadata = json!({"usage": {"total_tokens": summary.total_tokens, "latency": summary.elapsed}, "retriever_resources": []});
+    let metadata = json!({"usage": crate::wire::usage_json(summary), "retriever_resources": []});
     let saved =
         state.store.end_turn(&turn.message_id, &summary.answer, error.as_deref(), &metadata, &turn.conversation_id, &variables).await;
     if let Err(error) = saved {

@@ -66,6 +66,28 @@ async fn model_nodes_through_the_gateway_match_graphon() {
         assert_eq!(json!(summary.answer), expected["answer"], "{id}");
         assert_eq!(mock.received().len(), order.len(), "{id}: one upstream call per model node");
         assert_eq!(mock.received()[0].body["stream"], true, "{id}: model nodes stream");
+        // The run's usage (message_end's `metadata.usage`) adds up what the upstream reported
+        // for each model node.
+        let node_usage = |field: &str| -> i64 {
+            events
+                .iter()
+                .filter_map(|event| match event {
+                    flowgate_engine::RunEvent::NodeFinished(finished) => finished.outputs.clone(),
+                    _ => None,
+                })
+                .map(|outputs| {
+                    let outputs = serde_json::to_value(MapRef(&outputs)).unwrap();
+                    let usage = if outputs["usage"].is_object() { &outputs["usage"] } else { &outputs["__usage"] };
+                    usage[field].as_i64().unwrap_or(0)
+                })
+                .sum()
+        };
+        if summary.status == flowgate_engine::RunStatus::Succeeded {
+            assert!(summary.usage.prompt_tokens > 0 && summary.usage.completion_tokens > 0, "{id}: {:?}", summary.usage);
+        }
+        assert_eq!(summary.usage.prompt_tokens, node_usage("prompt_tokens"), "{id}");
+        assert_eq!(summary.usage.completion_tokens, node_usage("completion_tokens"), "{id}");
+        assert_eq!(summary.usage.total_tokens, summary.usage.prompt_tokens + summary.usage.completion_tokens, "{id}");
     }
 }
 

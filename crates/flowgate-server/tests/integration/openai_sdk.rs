@@ -205,3 +205,58 @@ fn answers_are_cached_shared_through_redis_replayed_as_streams_and_bypassable() 
     assert!(!bypass.1.contains("x-flowgate-cache: hit"));
     assert_eq!(mock.requests_for("up"), 3);
 }
+
+/// A chatflow's answer reports the tokens the upstream counted (`metadata.usage`, in Dify's
+/// `LLMUsage` shape), both in the blocking answer and in the stream's `message_end`.
+#[test]
+fn chat_answers_report_the_upstreams_token_usage() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("chat-up", vec![Behaviour::reply("The mock says hello."), Behaviour::reply("Hello again, from the mock.")]);
+    let models = format!(
+        "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: chat-up, base_url: '{}'}}\ndefault: main\n",
+        mock.base_url()
+    );
+    let deployment = Deployment::sqlite("usage");
+    std::fs::create_dir_all(&deployment.data_dir).unwrap();
+    let models_file = deployment.data_dir.join("models.yaml");
+    std::fs::write(&models_file, models).unwrap();
+    let app = deployment.import(repo_root().join("../shared/corpus/dify-fixtures/basic_chatflow.yml").to_str().unwrap());
+    let key = app["api_key"].as_str().unwrap().to_owned();
+    let server = deployment.serve(&["--models", models_file.to_str().unwrap()]);
+    // The mock counts a prompt token per four characters of message text and a completion
+    // token per word of its reply.
+    let prompt_tokens_sent = |index: usize| -> i64 {
+        let body = &mock.received()[index].body;
+        let characters: usize =
+            body["messages"].as_array().unwrap().iter().map(|message| message["content"].as_str().unwrap_or("").chars().count()).sum();
+        characters.div_ceil(4) as i64
+    };
+
+    let body = r#"{"query": "Say hello", "inputs": {}, "user": "usage-tester", "response_mode": "blocking"}"#;
+    let (status, answer) = crate::harness::http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(body));
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["answer"], "The mock says hello.");
+    let usage = &answer["metadata"]["usage"];
+    assert_eq!(usage["completion_tokens"], 4, "{usage}");
+    assert_eq!(usage["prompt_tokens"], prompt_tokens_sent(0), "{usage}");
+    assert_eq!(usage["total_tokens"], prompt_tokens_sent(0) + 4, "{usage}");
+    assert_eq!(usage["currency"], "USD");
+    // The chatflow's LLM node has an empty system prompt and memory with the query template
+    // '{{#sys.query#}}\n\n{{#userinput.files#}}': graphon drops the empty message and sends
+    // the user's turn rendered from the template (no files: their text is empty).
+    assert_eq!(mock.received()[0].body["messages"], serde_json::json!([{"role": "user", "content": "Say hello\n\n"}]));
+
+    let body = r#"{"query": "Again", "inputs": {}, "user": "usage-tester", "response_mode": "streaming"}"#;
+    let (status, stream) = crate::harness::http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(body));
+    assert_eq!(status, 200, "{stream}");
+    let end: serde_json::Value = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+        .find(|event| event["event"] == "message_end")
+        .unwrap_or_else(|| panic!("no message_end in:\n{stream}"));
+    let usage = &end["metadata"]["usage"];
+    assert_eq!(usage["completion_tokens"], 5, "{usage}");
+    assert_eq!(usage["prompt_tokens"], prompt_tokens_sent(1), "{usage}");
+}
