@@ -22,7 +22,7 @@ pub mod value;
 use std::sync::Arc;
 
 pub use event::{EventSink, NodeStatus, RunEvent, RunStatus, RunSummary};
-pub use inputs::{InputError, RunRequest};
+pub use inputs::{InputError, PastTurn, RunRequest};
 pub use plan::{CompileError, Plan};
 pub use ports::Ports;
 pub use run::{Limits, RunControl};

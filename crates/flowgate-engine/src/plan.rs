@@ -234,6 +234,18 @@ impl Plan {
         SelectorResolver { ids: &self.ids }
     }
 
+    /// The most earlier conversation turns any model node with memory reads (none: no history
+    /// needs loading).
+    pub fn memory_turns(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match &node.kind {
+                NodeKind::Llm(llm) => llm.memory_turns(),
+                _ => None,
+            })
+            .max()
+    }
+
     /// Port capabilities the plan's nodes need, as (node id, node type, capability).
     pub fn required_capabilities(&self) -> Vec<(Arc<str>, Arc<str>, nodes::Capability)> {
         self.nodes

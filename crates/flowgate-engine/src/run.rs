@@ -50,6 +50,7 @@ pub struct RunContext {
     pub app_id: Arc<str>,
     pub workflow_id: Arc<str>,
     pub user_id: Arc<str>,
+    pub history: Arc<[crate::inputs::PastTurn]>,
 }
 
 /// Stops a run from outside (Dify's "stop" endpoints).

@@ -79,6 +79,22 @@ pub struct LlmNode {
     structured_output: Option<serde_json::Value>,
     /// With memory on, the user's turn: `memory.query_prompt_template` (or `sys.query`).
     query: Option<TextTemplate>,
+    /// With memory on, how many earlier turns go into the prompt.
+    memory_turns: usize,
+}
+
+/// Dify's history limit when a node's memory window is off (`TokenBufferMemory`).
+const MEMORY_TURNS_UNWINDOWED: usize = 500;
+
+/// The window of a node with memory: `window.size` turns when enabled, else Dify's 500.
+fn memory_turns(memory: Option<&serde_json::Value>) -> usize {
+    let Some(window) = memory.and_then(|memory| memory.get("window")) else { return MEMORY_TURNS_UNWINDOWED };
+    let enabled = window.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let size = window.get("size").and_then(serde_json::Value::as_u64).filter(|size| *size > 0);
+    match (enabled, size) {
+        (true, Some(size)) => (size as usize).min(MEMORY_TURNS_UNWINDOWED),
+        _ => MEMORY_TURNS_UNWINDOWED,
+    }
 }
 
 /// Dify's `query_prompt_template` of a node with memory; empty means the user's query itself.
@@ -127,13 +143,19 @@ impl LlmNode {
                 .then(|| data.structured_output.clone().and_then(|output| output.get("schema").cloned().or(Some(output))))
                 .flatten(),
             query: memory_query(data.memory.as_ref()).map(|template| TextTemplate::compile(&template, resolver)),
+            memory_turns: memory_turns(data.memory.as_ref()),
         }
     }
 
-    /// The prompt as graphon builds it: the template's messages, then the user's turn when
-    /// the node has memory; messages that render empty are left out.
-    /// Errors carry Dify's error type.
-    fn messages(&self, pool: &Pool) -> Result<Vec<ChatMessage>, (String, &'static str)> {
+    /// How many earlier turns the node reads, when it has memory.
+    pub fn memory_turns(&self) -> Option<usize> {
+        self.query.as_ref().map(|_| self.memory_turns)
+    }
+
+    /// The prompt as graphon builds it: the template's messages, then, when the node has
+    /// memory, the conversation's latest turns and the user's turn; messages that render empty
+    /// are left out. Errors carry Dify's error type.
+    fn messages(&self, pool: &Pool, history: &[crate::inputs::PastTurn]) -> Result<Vec<ChatMessage>, (String, &'static str)> {
         let context = self.context.as_ref().and_then(|selector| pool.get(selector)).map(|value| context_text(&value));
         let jinja_inputs = bound_inputs(&self.jinja_bindings, pool);
         let mut messages = Vec::with_capacity(self.prompt.len());
@@ -148,6 +170,10 @@ impl LlmNode {
             messages.push(ChatMessage { role: part.role.clone(), content, files: Vec::new() });
         }
         if let Some(query) = &self.query {
+            for turn in &history[history.len().saturating_sub(self.memory_turns)..] {
+                messages.push(ChatMessage { role: "user".into(), content: turn.query.clone(), files: Vec::new() });
+                messages.push(ChatMessage { role: "assistant".into(), content: turn.answer.clone(), files: Vec::new() });
+            }
             messages.push(ChatMessage { role: "user".into(), content: query.render(pool, Render::Text), files: Vec::new() });
         }
         messages.retain(|message| !message.content.is_empty() || !message.files.is_empty());
@@ -164,7 +190,7 @@ impl LlmNode {
         let Some(port) = ctx.ports.model.clone() else {
             return Exec::Done(ctx.missing_port(Capability::Model));
         };
-        let messages = match self.messages(ctx.pool) {
+        let messages = match self.messages(ctx.pool, &ctx.run.history) {
             Ok(messages) => messages,
             Err((error, error_type)) => return Exec::Done(NodeResult::failed(error, error_type)),
         };
@@ -653,5 +679,23 @@ fn transform_parameter(kind: Option<SegType>, value: Option<&Value>) -> Value {
             _ => default(),
         },
         _ => value.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_window_limits_turns_as_dify_does() {
+        let memory = |value: serde_json::Value| memory_turns(Some(&value));
+        assert_eq!(memory(serde_json::json!({"window": {"enabled": true, "size": 2}})), 2);
+        // Off, missing or empty: TokenBufferMemory's limit of 500 messages.
+        assert_eq!(memory(serde_json::json!({"window": {"enabled": false, "size": 2}})), 500);
+        assert_eq!(memory(serde_json::json!({"window": {"enabled": true, "size": 0}})), 500);
+        assert_eq!(memory(serde_json::json!({"query_prompt_template": ""})), 500);
+        assert_eq!(memory(serde_json::json!({"window": {"enabled": true, "size": 9000}})), 500);
+        assert_eq!(memory_query(Some(&serde_json::json!({"query_prompt_template": ""}))).as_deref(), Some("{{#sys.query#}}"));
+        assert_eq!(memory_query(Some(&serde_json::Value::Null)), None);
     }
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json_, json};
 
 use flowgate_engine::value::Value;
-use flowgate_engine::{RunRequest, RunStatus};
+use flowgate_engine::{PastTurn, RunRequest, RunStatus};
 use flowgate_store::{App, Conversation, Message, NewMessage, StoreError};
 
 use super::launch::{Launch, Launched, Turn, launch, run_failed_message};
@@ -104,6 +104,14 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
             (conversation, Vec::new())
         }
     };
+    // Earlier turns, read before this one is added, for model nodes with memory.
+    let history = match (&conversation_id, compiled.plan.memory_turns()) {
+        (Some(_), Some(turns)) => {
+            let (messages, _) = state.store.messages(&conversation.id, None, turns as i64).await?;
+            messages.into_iter().map(|message| PastTurn { query: message.query, answer: message.answer }).collect()
+        }
+        _ => Vec::new(),
+    };
     let conversation_variables: HashMap<String, Value> =
         persisted.into_iter().map(|variable| (variable.name, Value::from(&variable.value))).collect();
     let run_id = flowgate_store::new_id();
@@ -139,6 +147,7 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
         conversation_id: Some(conversation.id.clone()),
         dialogue_count: Some(dialogue_count),
         conversation_variables,
+        history,
         ..RunRequest::default()
     };
     let turn = Turn {

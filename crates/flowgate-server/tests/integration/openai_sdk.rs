@@ -247,8 +247,12 @@ fn chat_answers_report_the_upstreams_token_usage() {
     // the user's turn rendered from the template (no files: their text is empty).
     assert_eq!(mock.received()[0].body["messages"], serde_json::json!([{"role": "user", "content": "Say hello\n\n"}]));
 
-    let body = r#"{"query": "Again", "inputs": {}, "user": "usage-tester", "response_mode": "streaming"}"#;
-    let (status, stream) = crate::harness::http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(body));
+    let body = serde_json::json!({
+        "query": "Again", "inputs": {}, "user": "usage-tester", "response_mode": "streaming",
+        "conversation_id": answer["conversation_id"],
+    })
+    .to_string();
+    let (status, stream) = crate::harness::http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(&body));
     assert_eq!(status, 200, "{stream}");
     let end: serde_json::Value = stream
         .lines()
@@ -256,6 +260,16 @@ fn chat_answers_report_the_upstreams_token_usage() {
         .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
         .find(|event| event["event"] == "message_end")
         .unwrap_or_else(|| panic!("no message_end in:\n{stream}"));
+    // The node's memory (window off) puts the conversation's earlier turn before this one:
+    // the user's query as asked and the answer given (Dify's TokenBufferMemory).
+    assert_eq!(
+        mock.received()[1].body["messages"],
+        serde_json::json!([
+            {"role": "user", "content": "Say hello"},
+            {"role": "assistant", "content": "The mock says hello."},
+            {"role": "user", "content": "Again\n\n"},
+        ])
+    );
     let usage = &end["metadata"]["usage"];
     assert_eq!(usage["completion_tokens"], 5, "{usage}");
     assert_eq!(usage["prompt_tokens"], prompt_tokens_sent(1), "{usage}");
