@@ -220,7 +220,7 @@ fn chat_answers_report_the_upstreams_token_usage() {
     std::fs::create_dir_all(&deployment.data_dir).unwrap();
     let models_file = deployment.data_dir.join("models.yaml");
     std::fs::write(&models_file, models).unwrap();
-    let app = deployment.import(repo_root().join("../shared/corpus/dify-fixtures/basic_chatflow.yml").to_str().unwrap());
+    let app = deployment.import(repo_root().join("tests/corpus/dify-fixtures/basic_chatflow.yml").to_str().unwrap());
     let key = app["api_key"].as_str().unwrap().to_owned();
     let server = deployment.serve(&["--models", models_file.to_str().unwrap()]);
     // The mock counts a prompt token per four characters of message text and a completion
