@@ -46,12 +46,13 @@ pub struct RunRequest {
     pub conversation_variables: HashMap<String, Value>,
     /// Unix seconds for `sys.timestamp`; the current time when absent.
     pub timestamp: Option<i64>,
-    /// The conversation's earlier turns, oldest first, for model nodes with memory.
-    pub history: Vec<PastTurn>,
+    /// The conversation's earlier turns, oldest first, for model nodes with memory (shared
+    /// with the run, not copied).
+    pub history: Arc<[PastTurn]>,
 }
 
 /// One earlier turn of a conversation: what the user asked and what the app answered.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PastTurn {
     pub query: String,
     pub answer: String,
@@ -266,7 +267,7 @@ pub fn build_start(plan: &Plan, inputs: Map, request: &RunRequest) -> RunStart {
         app_id: Arc::from(request.app_id.as_str()),
         workflow_id: Arc::from(request.workflow_id.as_str()),
         user_id: Arc::from(request.user_id.as_str()),
-        history: Arc::from(request.history.as_slice()),
+        history: request.history.clone(),
     });
     let mut pool = Pool::new(plan.nodes.len());
     let files = Value::array(request.files.iter().cloned().map(|file| Value::File(Arc::new(file))).collect());

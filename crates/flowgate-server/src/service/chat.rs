@@ -1,6 +1,7 @@
 //! Chatflows (advanced-chat apps): `POST /chat-messages`, `GET /messages`, feedback.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -110,7 +111,7 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
             let (messages, _) = state.store.messages(&conversation.id, None, turns as i64).await?;
             messages.into_iter().map(|message| PastTurn { query: message.query, answer: message.answer }).collect()
         }
-        _ => Vec::new(),
+        _ => Arc::from(Vec::new()),
     };
     let conversation_variables: HashMap<String, Value> =
         persisted.into_iter().map(|variable| (variable.name, Value::from(&variable.value))).collect();
