@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::easy_ui::AppPrompt;
 use crate::error::{Diagnostic, DslError};
 use crate::lenient;
 use crate::nodes::{self, NodeData};
@@ -42,7 +43,8 @@ impl AppMode {
         }
     }
 
-    /// Workflow and advanced-chat apps carry a graph; the others a `model_config`.
+    /// Workflow and advanced-chat apps carry a graph; the others a `model_config`, from which
+    /// loading builds the graph they run.
     pub fn has_graph(self) -> bool {
         matches!(self, Self::Workflow | Self::AdvancedChat)
     }
@@ -79,6 +81,10 @@ pub struct Workflow {
     pub features: Value,
     pub environment_variables: Vec<VariableDecl>,
     pub conversation_variables: Vec<VariableDecl>,
+    /// A chat app's prompt rules, when the graph was built from its `model_config`.
+    pub app_prompt: Option<AppPrompt>,
+    /// What the app uses that flowgate cannot run yet; running it is refused naming these.
+    pub unsupported: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +212,10 @@ impl Document {
             (Some(read_workflow(workflow, &decoded.lines, &mut diagnostics)?), None)
         } else {
             match root.get("model_config") {
-                Some(config @ Value::Object(_)) => (None, Some(config.clone())),
+                Some(Value::Object(config)) => {
+                    let workflow = crate::easy_ui::runtime_workflow(app.mode, config, &mut diagnostics)?;
+                    (Some(workflow), Some(Value::Object(config.clone())))
+                }
                 _ => {
                     return Err(DslError::Envelope {
                         field: "model_config",
@@ -326,6 +335,8 @@ fn read_workflow(workflow: &Map<String, Value>, lines: &LineIndex, diagnostics: 
         features: workflow.get("features").cloned().unwrap_or(Value::Object(Map::new())),
         environment_variables,
         conversation_variables,
+        app_prompt: None,
+        unsupported: Vec::new(),
     })
 }
 
@@ -369,7 +380,7 @@ fn read_variables(value: Option<&Value>, field: &'static str, diagnostics: &mut 
     variables
 }
 
-fn read_graph(graph: &Map<String, Value>, lines: &LineIndex, diagnostics: &mut Vec<Diagnostic>) -> Result<Graph, DslError> {
+pub(crate) fn read_graph(graph: &Map<String, Value>, lines: &LineIndex, diagnostics: &mut Vec<Diagnostic>) -> Result<Graph, DslError> {
     let raw_nodes = match graph.get("nodes") {
         None | Some(Value::Null) => &Vec::new(),
         Some(Value::Array(nodes)) => nodes,

@@ -7,6 +7,7 @@
 //! ```
 
 mod document;
+mod easy_ui;
 mod error;
 mod lenient;
 pub mod nodes;
@@ -17,6 +18,7 @@ mod validate;
 pub use document::{
     App, AppMode, DefaultValue, Document, EXPORT_VERSION, Edge, ErrorStrategy, Graph, Node, RetryConfig, VariableDecl, Workflow,
 };
+pub use easy_ui::{AppPrompt, RUNTIME_LLM_NODE};
 pub use error::{Diagnostic, DslError, Severity};
 pub use nodes::NodeData;
 pub use source::MAX_DSL_BYTES;

@@ -20,6 +20,10 @@ impl Document {
                 conversation: workflow.conversation_variables.iter().map(|variable| variable.name.as_str()).collect(),
             };
             validate_graph(&workflow.graph, &declared, &mut diagnostics);
+            for feature in &workflow.unsupported {
+                diagnostics
+                    .push(Diagnostic::warning("feature_not_supported", format!("not supported yet: {feature}; running this app fails")));
+            }
         }
         diagnostics.sort_by_key(|diagnostic| std::cmp::Reverse(diagnostic.severity));
         diagnostics

@@ -246,3 +246,45 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// A basic-editor app gets the graph Dify's converter would build: start (its form in the
+/// newer shape), llm (`llm`) and answer, with the chat app's prompt rules kept for the engine.
+#[test]
+fn basic_editor_apps_load_as_a_start_llm_answer_graph() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/service/basic-apps/chat.yml")).unwrap();
+    let document = Document::load(&text).unwrap();
+    assert!(document.errors().is_empty(), "{:?}", document.errors());
+    let workflow = document.workflow.as_ref().unwrap();
+    let types: Vec<&str> = workflow.graph.nodes.iter().map(|node| node.node_type.as_str()).collect();
+    assert_eq!(types, ["start", "llm", "answer"]);
+    let start = &workflow.graph.nodes[0].raw;
+    assert_eq!(start["variables"][0]["variable"], "persona");
+    assert_eq!(start["variables"][0]["type"], "text-input");
+    assert_eq!(
+        workflow.app_prompt,
+        Some(flowgate_dsl::AppPrompt::Simple { pre_prompt: "You are {{persona}}. Ignore {{unknown}}.".into() })
+    );
+    assert_eq!(workflow.features["opening_statement"], "Ahoy, matey!");
+}
+
+#[test]
+fn basic_editor_app_problems_name_the_model_config_field() {
+    let document = Document::load(
+        "app: {mode: completion, name: x}\nmodel_config:\n  user_input_form: [{text-input: {variable: a}, paragraph: {variable: b}}]\nversion: 0.1.5\n",
+    )
+    .unwrap();
+    let errors = document.errors();
+    let fields: Vec<_> = errors.iter().map(|error| error.field.clone().unwrap_or_default()).collect();
+    assert!(fields.contains(&"model_config.user_input_form[0]".to_owned()), "{errors:?}");
+    assert!(fields.contains(&"model_config.model".to_owned()), "{errors:?}");
+
+    let agent = Document::load(
+        "app: {mode: agent-chat, name: x}\nmodel_config:\n  model: {provider: openai, name: gpt-4o}\n  agent_mode: {enabled: true, tools: [{tool_name: search}]}\n",
+    )
+    .unwrap();
+    let warnings: Vec<_> = agent.diagnostics().into_iter().map(|diagnostic| diagnostic.message).collect();
+    assert!(
+        warnings.iter().any(|message| message.contains("not supported yet: agent tools (model_config.agent_mode.tools)")),
+        "{warnings:?}"
+    );
+}

@@ -19,8 +19,8 @@ use crate::value::{Map, SegType, Value};
 pub enum CompileError {
     #[error("the DSL has errors:\n{}", .0.iter().map(|d| format!("  - {d}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
-    #[error("not supported yet: running {0} apps (they have no workflow graph)")]
-    ModeNotSupported(&'static str),
+    #[error("not supported yet: {}", .0.join(", "))]
+    NotSupported(Vec<String>),
 }
 
 /// How the scheduler treats a node after it finishes.
@@ -104,9 +104,12 @@ impl Plan {
         if !errors.is_empty() {
             return Err(CompileError::Invalid(errors));
         }
-        let (Some(workflow), true) = (&document.workflow, document.app.mode.has_graph()) else {
-            return Err(CompileError::ModeNotSupported(document.app.mode.as_str()));
+        let Some(workflow) = &document.workflow else {
+            return Err(CompileError::Invalid(errors));
         };
+        if !workflow.unsupported.is_empty() {
+            return Err(CompileError::NotSupported(workflow.unsupported.clone()));
+        }
         let graph = &workflow.graph;
         let ids: HashMap<String, u32> = graph.nodes.iter().enumerate().map(|(index, node)| (node.id.clone(), index as u32)).collect();
         let resolver = SelectorResolver { ids: &ids };
@@ -140,7 +143,10 @@ impl Plan {
 
         let mut plan_nodes = Vec::with_capacity(graph.nodes.len());
         for (index, node) in graph.nodes.iter().enumerate() {
-            let kind = nodes::compile(node, &resolver, graph, &ids);
+            let mut kind = nodes::compile(node, &resolver, graph, &ids);
+            if let (NodeKind::Llm(llm), Some(prompt)) = (&mut kind, &workflow.app_prompt) {
+                llm.use_app_prompt(prompt.clone(), resolver.slot_of("start"));
+            }
             let exec = match (&node.data, node.error_strategy) {
                 (NodeData::Start(_), _) => ExecType::Root,
                 (NodeData::Answer(_) | NodeData::End(_), _) => ExecType::Response,

@@ -305,13 +305,15 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
         app_id: "cli-app".into(),
         workflow_id: "cli-workflow".into(),
         run_id: Some(run_id.clone()),
-        conversation_id: (mode == AppMode::AdvancedChat).then(|| uuid::Uuid::new_v4().to_string()),
-        dialogue_count: (mode == AppMode::AdvancedChat).then_some(1),
+        conversation_id: mode.is_chat().then(|| uuid::Uuid::new_v4().to_string()),
+        dialogue_count: mode.is_chat().then_some(1),
         ..RunRequest::default()
     };
-    let envelope = match &request.conversation_id {
-        Some(conversation_id) => Envelope::Chat { conversation_id: conversation_id.clone(), message_id: uuid::Uuid::new_v4().to_string() },
-        None => Envelope::Workflow,
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let envelope = match (mode, &request.conversation_id) {
+        (AppMode::Workflow, _) => Envelope::Workflow,
+        (AppMode::AdvancedChat, Some(conversation_id)) => Envelope::Chat { conversation_id: conversation_id.clone(), message_id },
+        (_, conversation_id) => Envelope::Message { conversation_id: conversation_id.clone(), message_id },
     };
     let wire =
         WireContext { task_id: uuid::Uuid::new_v4().to_string(), run_id, user: options.user, end_user_id: "cli-user".into(), envelope };

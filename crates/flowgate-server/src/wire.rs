@@ -13,7 +13,16 @@ use flowgate_engine::value::{Map, MapRef, Value};
 #[derive(Debug, Clone)]
 pub enum Envelope {
     Workflow,
-    Chat { conversation_id: String, message_id: String },
+    Chat {
+        conversation_id: String,
+        message_id: String,
+    },
+    /// Basic-editor apps (chat: with a conversation; completion: without) stream only
+    /// `message` and `message_end`: their graph is flowgate's, not the user's.
+    Message {
+        conversation_id: Option<String>,
+        message_id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -49,8 +58,40 @@ impl WireContext {
                 object.insert("task_id".into(), self.task_id.clone().into());
                 object.insert("workflow_run_id".into(), self.run_id.clone().into());
             }
+            Envelope::Message { conversation_id, message_id } => {
+                if let Some(conversation_id) = conversation_id {
+                    object.insert("conversation_id".into(), conversation_id.clone().into());
+                }
+                object.insert("message_id".into(), message_id.clone().into());
+                object.insert("created_at".into(), created_at.into());
+                object.insert("task_id".into(), self.task_id.clone().into());
+            }
         }
         object
+    }
+
+    /// The closing `message_end` of a chat or basic-editor app's turn.
+    fn message_end(&self, message_id: &str, summary: &RunSummary) -> Bytes {
+        let mut object = self.envelope("message_end", summary.finished_at);
+        object.insert("id".into(), message_id.into());
+        object.insert("metadata".into(), json!({"usage": usage_json(summary), "retriever_resources": []}));
+        object.insert("files".into(), json!([]));
+        json_bytes(&Json::Object(object))
+    }
+
+    /// The events that end a failed turn: Dify sends `error` instead of `message_end`
+    /// (after `workflow_finished` for a chatflow).
+    pub fn failed_turn_events(&self, summary: &RunSummary, code: &str, message: &str, status: u16) -> Vec<Bytes> {
+        let mut events = Vec::with_capacity(2);
+        if matches!(self.envelope, Envelope::Chat { .. }) {
+            events.push(self.frame(
+                "workflow_finished",
+                summary.finished_at,
+                &WorkflowFinishedData { wire: self, summary, blocking: false },
+            ));
+        }
+        events.push(self.error_event(code, message, status));
+        events
     }
 
     fn with_data(&self, event: &str, created_at: i64, data: Json) -> Json {
@@ -63,6 +104,18 @@ impl WireContext {
     /// run — two. The frequent events are written straight from the run's values; building a
     /// JSON tree first and printing it cost more than running the nodes.
     pub fn encode(&self, event: &RunEvent) -> Vec<Bytes> {
+        if let Envelope::Message { message_id, .. } = &self.envelope {
+            return match event {
+                RunEvent::TextChunk { text, .. } => {
+                    let mut object = self.envelope("message", now());
+                    object.insert("id".into(), message_id.clone().into());
+                    object.insert("answer".into(), text.clone().into());
+                    vec![json_bytes(&Json::Object(object))]
+                }
+                RunEvent::WorkflowFinished(summary) => vec![self.message_end(message_id, summary)],
+                _ => Vec::new(),
+            };
+        }
         match event {
             RunEvent::WorkflowStarted { run_id, workflow_id, inputs, created_at } => vec![self.frame(
                 "workflow_started",
@@ -80,7 +133,7 @@ impl WireContext {
                     Envelope::Workflow => {
                         vec![json_bytes(&self.with_data("text_chunk", 0, json!({"text": text, "from_variable_selector": selector})))]
                     }
-                    Envelope::Chat { message_id, .. } => {
+                    Envelope::Chat { message_id, .. } | Envelope::Message { message_id, .. } => {
                         let mut object = self.envelope("message", now());
                         object.insert("id".into(), message_id.clone().into());
                         object.insert("answer".into(), text.clone().into());
@@ -117,11 +170,7 @@ impl WireContext {
                     &WorkflowFinishedData { wire: self, summary, blocking: false },
                 )];
                 if let Envelope::Chat { message_id, .. } = &self.envelope {
-                    let mut object = self.envelope("message_end", summary.finished_at);
-                    object.insert("id".into(), message_id.clone().into());
-                    object.insert("metadata".into(), json!({"usage": usage_json(summary), "retriever_resources": []}));
-                    object.insert("files".into(), json!([]));
-                    events.push(json_bytes(&Json::Object(object)));
+                    events.push(self.message_end(message_id, summary));
                 }
                 events
             }
@@ -190,6 +239,15 @@ impl<D: Serialize> Serialize for Frame<'_, D> {
                 map.serialize_entry("created_at", &self.created_at)?;
                 map.serialize_entry("task_id", &self.wire.task_id)?;
                 map.serialize_entry("workflow_run_id", &self.wire.run_id)?;
+            }
+            // Basic-editor apps send no workflow events; written for completeness.
+            Envelope::Message { conversation_id, message_id } => {
+                if let Some(conversation_id) = conversation_id {
+                    map.serialize_entry("conversation_id", conversation_id)?;
+                }
+                map.serialize_entry("message_id", message_id)?;
+                map.serialize_entry("created_at", &self.created_at)?;
+                map.serialize_entry("task_id", &self.wire.task_id)?;
             }
         }
         map.serialize_entry("data", self.data)?;

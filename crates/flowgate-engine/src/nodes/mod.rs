@@ -5,6 +5,7 @@
 
 mod aggregator;
 mod answer;
+mod app_prompt;
 mod assigner;
 mod code;
 pub mod containers;

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use flowgate_dsl::AppPrompt;
 use flowgate_dsl::nodes::{ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData};
 
+use super::app_prompt::{self, AppPromptRules};
 use super::jinja::JinjaTemplate;
 use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
 use crate::plan::SelectorResolver;
-use crate::pool::{Pool, Selector};
+use crate::pool::{Pool, Selector, Slot};
 use crate::ports::{ChatMessage, ModelCall, ModelReply, TextSink, Usage};
 use crate::template::{Render, TextTemplate};
 use crate::value::{Map, SegType, Value, key, map_of, map_with_capacity};
@@ -46,12 +48,24 @@ impl ModelSettings {
     }
 
     fn call(&self, ctx: &NodeCtx<'_>, messages: Vec<ChatMessage>, json_schema: Option<serde_json::Value>) -> ModelCall {
-        let stop = self
-            .parameters
-            .get("stop")
-            .and_then(serde_json::Value::as_array)
-            .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        self.call_with_stop(ctx, messages, json_schema, None)
+    }
+
+    /// `stop` replaces the model's `completion_params.stop` when given.
+    fn call_with_stop(
+        &self,
+        ctx: &NodeCtx<'_>,
+        messages: Vec<ChatMessage>,
+        json_schema: Option<serde_json::Value>,
+        stop: Option<Vec<String>>,
+    ) -> ModelCall {
+        let stop = stop.unwrap_or_else(|| {
+            self.parameters
+                .get("stop")
+                .and_then(serde_json::Value::as_array)
+                .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        });
         let mut parameters = self.parameters.clone();
         parameters.remove("stop");
         ModelCall {
@@ -81,6 +95,8 @@ pub struct LlmNode {
     query: Option<TextTemplate>,
     /// With memory on, how many earlier turns go into the prompt.
     memory_turns: usize,
+    /// A basic-editor chat app's prompt rules, which replace the template above.
+    app_prompt: Option<AppPromptRules>,
 }
 
 /// Dify's history limit when a node's memory window is off (`TokenBufferMemory`).
@@ -144,11 +160,21 @@ impl LlmNode {
                 .flatten(),
             query: memory_query(data.memory.as_ref()).map(|template| TextTemplate::compile(&template, resolver)),
             memory_turns: memory_turns(data.memory.as_ref()),
+            app_prompt: None,
         }
+    }
+
+    /// Builds the prompt with a chat app's rules instead of the template; `inputs` holds the
+    /// app's inputs (the start node's outputs).
+    pub fn use_app_prompt(&mut self, prompt: AppPrompt, inputs: Slot) {
+        self.app_prompt = Some(AppPromptRules::new(prompt, self.model.mode != "completion", inputs));
     }
 
     /// How many earlier turns the node reads, when it has memory.
     pub fn memory_turns(&self) -> Option<usize> {
+        if self.app_prompt.is_some() {
+            return Some(app_prompt::HISTORY_TURNS);
+        }
         self.query.as_ref().map(|_| self.memory_turns)
     }
 
@@ -190,12 +216,19 @@ impl LlmNode {
         let Some(port) = ctx.ports.model.clone() else {
             return Exec::Done(ctx.missing_port(Capability::Model));
         };
-        let messages = match self.messages(ctx.pool, &ctx.run.history) {
-            Ok(messages) => messages,
-            Err((error, error_type)) => return Exec::Done(NodeResult::failed(error, error_type)),
+        let (messages, stop) = match &self.app_prompt {
+            Some(rules) => {
+                let continues = matches!(ctx.pool.variable(Slot::Sys, "dialogue_count"), Some(Value::Int(count)) if *count > 1);
+                let built = rules.build(ctx.pool, &ctx.run.history, continues);
+                (built.messages, built.stop)
+            }
+            None => match self.messages(ctx.pool, &ctx.run.history) {
+                Ok(messages) => (messages, None),
+                Err((error, error_type)) => return Exec::Done(NodeResult::failed(error, error_type)),
+            },
         };
         let inputs = prompt_inputs(&self.model, &messages);
-        let call = self.model.call(ctx, messages, self.structured_output.clone());
+        let call = self.model.call_with_stop(ctx, messages, self.structured_output.clone(), stop);
         let chunks = ctx.chunks.clone();
         let selector: Arc<[String]> = Arc::from(vec![ctx.node.id.to_string(), "text".to_owned()]);
         let stream_selector = selector.clone();

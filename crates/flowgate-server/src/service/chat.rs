@@ -1,4 +1,5 @@
-//! Chatflows (advanced-chat apps): `POST /chat-messages`, `GET /messages`, feedback.
+//! Chat and completion messages: `POST /chat-messages` (chatflows and basic-editor chat apps),
+//! `POST /completion-messages`, `GET /messages`, feedback.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,15 +23,10 @@ pub fn conversation_not_found() -> ApiError {
     ApiError::not_found("Conversation Not Exists.")
 }
 
-/// Chat routes serve advanced-chat apps; the model-config chat apps wait for the gateway.
+/// Chat routes serve chatflows (advanced-chat) and the basic editor's chat apps.
 pub fn require_chat_app(app: &App) -> Result<(), ApiError> {
     match app.mode.as_str() {
-        "advanced-chat" => Ok(()),
-        "chat" | "agent-chat" => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "app_unavailable",
-            format!("not supported yet: {} apps (model_config apps, which have no workflow graph)", app.mode),
-        )),
+        "advanced-chat" | "chat" | "agent-chat" => Ok(()),
         _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "not_chat_app", "Please check if your app mode matches the right API route.")),
     }
 }
@@ -42,43 +38,78 @@ pub fn generated_name(query: &str) -> String {
     if name.chars().count() > 75 { format!("{}...", name.chars().take(75).collect::<String>()) } else { name.to_owned() }
 }
 
+/// Which route a message came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Completion,
+}
+
 /// `POST /chat-messages`.
 pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): Body) -> Result<Response, ApiError> {
     let app = state.app_for_key(&headers).await?;
     require_chat_app(&app)?;
-    let query = match body.get("query") {
-        Some(Json_::String(query)) => query.replace('\0', ""),
-        Some(_) => return Err(ApiError::invalid_param("query must be a string").with_param("query")),
-        None => return Err(ApiError::invalid_param("query is required").with_param("query")),
+    send_message(state, app, body, Route::Chat).await
+}
+
+/// `POST /completion-messages`: a completion app's one-off answer. Dify still files each one
+/// under a conversation of its own, which clients never see.
+pub async fn send_completion(State(state): State<Shared>, headers: HeaderMap, Body(body): Body) -> Result<Response, ApiError> {
+    let app = state.app_for_key(&headers).await?;
+    if app.mode != "completion" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_completion_app",
+            "Please check if your Completion app mode matches the right API route.",
+        ));
+    }
+    send_message(state, app, body, Route::Completion).await
+}
+
+async fn send_message(
+    state: Shared,
+    app: Arc<super::ServedApp>,
+    body: serde_json::Map<String, Json_>,
+    route: Route,
+) -> Result<Response, ApiError> {
+    let query = match (body.get("query"), route) {
+        (Some(Json_::String(query)), _) => query.replace('\0', ""),
+        (None | Some(Json_::Null), Route::Completion) => String::new(),
+        (Some(_), _) => return Err(ApiError::invalid_param("query must be a string").with_param("query")),
+        (None, Route::Chat) => return Err(ApiError::invalid_param("query is required").with_param("query")),
     };
     let Some(Json_::Object(request_inputs)) = body.get("inputs") else {
         return Err(ApiError::invalid_param("inputs is required and must be an object").with_param("inputs"));
     };
     let user = required_user(&body)?;
     let streaming = streaming_mode(&body)?;
-    let conversation_id = match body.get("conversation_id") {
-        None | Some(Json_::Null) => None,
-        Some(Json_::String(id)) if id.is_empty() => None,
-        Some(Json_::String(id)) if is_uuid(id) => Some(id.clone()),
-        Some(_) => return Err(ApiError::invalid_param("conversation_id must be a UUID").with_param("conversation_id")),
+    let conversation_id = match (body.get("conversation_id"), route) {
+        (_, Route::Completion) | (None | Some(Json_::Null), _) => None,
+        (Some(Json_::String(id)), _) if id.is_empty() => None,
+        (Some(Json_::String(id)), _) if is_uuid(id) => Some(id.clone()),
+        (Some(_), _) => return Err(ApiError::invalid_param("conversation_id must be a UUID").with_param("conversation_id")),
     };
-    let auto_generate_name = match body.get("auto_generate_name") {
-        None | Some(Json_::Null) => true,
-        Some(Json_::Bool(flag)) => *flag,
-        Some(_) => return Err(ApiError::invalid_param("auto_generate_name must be a boolean").with_param("auto_generate_name")),
+    let auto_generate_name = match (body.get("auto_generate_name"), route) {
+        (_, Route::Completion) => false,
+        (None | Some(Json_::Null), _) => true,
+        (Some(Json_::Bool(flag)), _) => *flag,
+        (Some(_), _) => return Err(ApiError::invalid_param("auto_generate_name must be a boolean").with_param("auto_generate_name")),
     };
-    let version_id = match body.get("workflow_id") {
-        None | Some(Json_::Null) => app.current_version_id.clone().ok_or_else(|| ApiError::not_found("Workflow not found."))?,
-        Some(Json_::String(id)) if is_uuid(id) => {
+    let version_id = match (body.get("workflow_id"), route) {
+        (_, Route::Completion) | (None | Some(Json_::Null), _) => {
+            app.current_version_id.clone().ok_or_else(|| ApiError::not_found("Workflow not found."))?
+        }
+        (Some(Json_::String(id)), _) if is_uuid(id) => {
             let version = state.store.version(id).await.map_err(|_| ApiError::not_found("Workflow not found."))?;
             if version.app_id != app.id {
                 return Err(ApiError::not_found("Workflow not found."));
             }
             version.id
         }
-        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "workflow_id_format_error", "Invalid workflow_id format.")),
+        (Some(_), _) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "workflow_id_format_error", "Invalid workflow_id format.")),
     };
     let compiled = state.compiled(&version_id).await?;
+    let mode = app.mode.clone();
     let end_user_id = state.end_user(&app.id, &user).await?;
     let existing = match &conversation_id {
         Some(id) => Some(state.store.conversation(&app.id, &end_user_id, id).await.map_err(|error| match error {
@@ -136,7 +167,11 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
         run_id: run_id.clone(),
         user: user.clone(),
         end_user_id: end_user_id.clone(),
-        envelope: Envelope::Chat { conversation_id: conversation.id.clone(), message_id: message_id.clone() },
+        envelope: match (route, app.mode.as_str()) {
+            (Route::Completion, _) => Envelope::Message { conversation_id: None, message_id: message_id.clone() },
+            (Route::Chat, "advanced-chat") => Envelope::Chat { conversation_id: conversation.id.clone(), message_id: message_id.clone() },
+            (Route::Chat, _) => Envelope::Message { conversation_id: Some(conversation.id.clone()), message_id: message_id.clone() },
+        },
     };
     let request = RunRequest {
         query: Some(query),
@@ -179,18 +214,23 @@ pub async fn send(State(state): State<Shared>, headers: HeaderMap, Body(body): B
     if summary.status == RunStatus::Failed {
         return Err(ApiError::invalid_param(run_failed_message(&summary)));
     }
-    Ok(Json(json!({
+    let mut answer = json!({
         "event": "message",
         "task_id": task_id,
         "id": message_id,
         "message_id": message_id,
         "conversation_id": conversation.id,
-        "mode": "advanced-chat",
+        "mode": mode,
         "answer": summary.answer,
         "metadata": {"usage": crate::wire::usage_json(&summary), "retriever_resources": []},
         "created_at": summary.created_at,
-    }))
-    .into_response())
+    });
+    if route == Route::Completion
+        && let Some(answer) = answer.as_object_mut()
+    {
+        answer.remove("conversation_id");
+    }
+    Ok(Json(answer).into_response())
 }
 
 fn message_json(message: &Message) -> Json_ {

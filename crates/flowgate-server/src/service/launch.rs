@@ -119,10 +119,8 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
         }
         if let Some(turn) = &turn {
             save_turn(&state, turn, &request, &summary).await;
-            if summary.status == flowgate_engine::RunStatus::Failed {
-                // Dify ends a failed chatflow turn with an error event instead of message_end.
-                closing.truncate(1);
-                closing.push(wire.error_event("invalid_param", &run_failed_message(&summary), 400));
+            if summary.status == flowgate_engine::RunStatus::Failed && streaming {
+                closing = wire.failed_turn_events(&summary, "invalid_param", &run_failed_message(&summary), 400);
             }
         }
         for payload in closing {

@@ -398,6 +398,8 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/workflows/logs", get(workflows::logs))
         .route("/v1/chat-messages", post(chat::send))
         .route("/v1/chat-messages/{task_id}/stop", post(stop_task))
+        .route("/v1/completion-messages", post(chat::send_completion))
+        .route("/v1/completion-messages/{task_id}/stop", post(stop_task))
         .route("/v1/messages", get(chat::messages))
         .route("/v1/messages/{message_id}/feedbacks", post(chat::feedback))
         .route("/v1/messages/{message_id}/suggested", get(chat::suggested))

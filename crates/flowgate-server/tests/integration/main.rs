@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod basic_apps;
 mod blobs_s3;
 mod cli;
 mod conformance;

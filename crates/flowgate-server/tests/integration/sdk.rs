@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::harness::{Deployment, repo_root};
 
-fn sdk_python(flavour: &str) -> String {
+pub fn sdk_python(flavour: &str) -> String {
     let output = Command::new(repo_root().join("scripts/sdk-python")).arg(flavour).output().unwrap();
     assert!(output.status.success(), "cannot set up the {flavour} SDK: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
