@@ -329,10 +329,11 @@ pub struct ServeOptions {
     /// How long a silent server is presumed alive.
     pub instance_timeout: Duration,
     pub models: Option<std::path::PathBuf>,
+    pub code: crate::code::CodeArgs,
 }
 
 pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptions) -> ExitCode {
-    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout, models } = options;
+    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout, models, code } = options;
     let gateway = match models.as_deref().map(crate::models::load) {
         None => None,
         Some(Ok(gateway)) => Some(gateway),
@@ -399,6 +400,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
                     as Arc<dyn flowgate_engine::ports::ModelPort>
             }),
             files: Some(files),
+            code: Some(crate::code::code_port(&code).await),
             ..Ports::default()
         };
         let state = match crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()) {

@@ -3,6 +3,7 @@
 mod admin_cli;
 mod api_error;
 mod cache;
+mod code;
 mod files;
 mod limits;
 mod manage;
@@ -67,6 +68,8 @@ enum Command {
         /// docs/gateway.md). Without it, model nodes fail with a clear error.
         #[arg(long, env = "FLOWGATE_MODELS")]
         models: Option<PathBuf>,
+        #[command(flatten)]
+        code: code::CodeArgs,
     },
     /// Bring the database schema up to date and exit.
     Migrate {
@@ -119,6 +122,8 @@ enum Command {
         /// The models file for model nodes (`--mocks` answers take precedence).
         #[arg(long, env = "FLOWGATE_MODELS")]
         models: Option<PathBuf>,
+        #[command(flatten)]
+        code: code::CodeArgs,
     },
 }
 
@@ -131,23 +136,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout, models } => admin_cli::serve(
-            listen,
-            store,
-            admin_cli::ServeOptions {
-                max_body_bytes,
-                grace: Duration::from_secs(shutdown_grace),
-                allow_network,
-                instance_timeout: Duration::from_secs(instance_timeout),
-                models,
-            },
-        ),
+        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout, models, code } => {
+            admin_cli::serve(
+                listen,
+                store,
+                admin_cli::ServeOptions {
+                    max_body_bytes,
+                    grace: Duration::from_secs(shutdown_grace),
+                    allow_network,
+                    instance_timeout: Duration::from_secs(instance_timeout),
+                    models,
+                    code,
+                },
+            )
+        }
         Command::Migrate { store } => admin_cli::migrate(store),
         Command::Apps { command } => admin_cli::apps(command),
         Command::Keys { command } => admin_cli::keys(command),
         Command::Runs { command } => admin_cli::runs(command),
-        Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time, models } => {
-            let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time, models };
+        Command::Run { file, inputs, query, user, events, mocks, allow_network, max_steps, max_time, models, code } => {
+            let options = RunOptions { inputs, query, user, events, mocks, allow_network, max_steps, max_time, models, code };
             run(&file, options)
         }
     }
@@ -192,7 +200,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
             && let Ok(plan) = Plan::compile(&document)
         {
             for (node_id, node_type, capability) in plan.required_capabilities() {
-                if matches!(capability, Capability::Http | Capability::Files) {
+                if matches!(capability, Capability::Http | Capability::Files | Capability::Code) {
                     continue;
                 }
                 let _ = writeln!(
@@ -216,6 +224,7 @@ struct RunOptions {
     max_steps: u64,
     max_time: u64,
     models: Option<PathBuf>,
+    code: code::CodeArgs,
 }
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
@@ -285,12 +294,19 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
     };
     let files_dir = std::env::temp_dir().join("flowgate-files");
     let files: Arc<dyn flowgate_engine::ports::FilePort> = Arc::new(files::LocalFiles::new(files_dir, egress.clone()));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return usage_error(format!("cannot start the runtime: {error}")),
+    };
+    // Python starts only for a workflow with code nodes.
+    let needs_code = plan.required_capabilities().iter().any(|(_, _, capability)| *capability == Capability::Code);
     let base = Ports {
         http: Some(Arc::new(egress)),
         model: gateway.map(|gateway| {
             Arc::new(flowgate_models::GatewayPort::new(gateway, Some(files.clone()))) as Arc<dyn flowgate_engine::ports::ModelPort>
         }),
         files: Some(files),
+        code: if needs_code { Some(runtime.block_on(code::code_port(&options.code))) } else { None },
         ..Ports::default()
     };
     let ports = match mocks {
@@ -327,10 +343,6 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
                 let _ = out.write_all(b"\n");
             }
         }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => return usage_error(format!("cannot start the runtime: {error}")),
     };
     let summary = runtime.block_on(engine.run_prepared(&plan, prepared, &request, &mut sink, None));
     let mut result = serde_json::Map::new();

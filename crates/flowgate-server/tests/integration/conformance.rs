@@ -4,7 +4,8 @@
 //! of model/tool nodes. `tests/conformance/expected/<id>.json` holds what graphon produced for
 //! it (regenerate with `tests/conformance/regenerate.sh`). This test runs the same case on
 //! flowgate and compares status, outputs, streamed answer, error, the node-event sequence and
-//! the final conversation variables.
+//! the final conversation variables. Code nodes run in flowgate's own sandbox (the zygote pool
+//! with every protection on), against graphon running the same code in plain Python.
 //!
 //! Optional case fields: `skip` (keys not compared), `event_order: "per-node"` (events compared
 //! per node instead of globally), `flowgate_dsl` (the DSL flowgate runs instead of `dsl`); each
@@ -24,7 +25,7 @@ use flowgate_engine::mock::MockPorts;
 use flowgate_engine::value::MapRef;
 use flowgate_engine::{Engine, Limits, Plan, Ports, RunEvent, Value};
 
-use crate::{fixture_address, python};
+use crate::fixture_address;
 
 /// The address the DSLs and cases use for the HTTP fixture when expectations are generated.
 const GENERATION_ADDRESS: &str = "127.0.0.1:18731";
@@ -75,7 +76,7 @@ fn localize(value: &Json, address: &str) -> Json {
     }
 }
 
-async fn run_case(case: &Json, address: &str) -> Json {
+async fn run_case(case: &Json, address: &str, sandbox: &Arc<dyn flowgate_engine::ports::CodePort>) -> Json {
     let root = repo_root();
     // A case may run flowgate on a variant of the oracle's DSL (e.g. a legacy node type that
     // graphon no longer loads but Dify maps onto the same node) and compare it with graphon's
@@ -94,11 +95,11 @@ async fn run_case(case: &Json, address: &str) -> Json {
     };
     let egress = EgressClient::new(IpPolicy::from_allow_list("127.0.0.1").expect("policy")).expect("client");
     let mocks = case.get("mocks").and_then(Json::as_object).cloned().unwrap_or_default();
-    let base = Ports { http: Some(Arc::new(egress)), code: Some(python::port()), ..Ports::default() };
+    let base = Ports { http: Some(Arc::new(egress)), code: Some(sandbox.clone()), ..Ports::default() };
     let mocked_code = MockPorts::new(mocks.clone());
     let mut ports = MockPorts::new(mocks.clone()).ports(base.clone());
     // Code nodes run for real unless the case mocks them, as in the oracle.
-    ports.code = Some(Arc::new(CodeRouter { mocks: mocks.clone(), mocked: mocked_code, real: python::port() }));
+    ports.code = Some(Arc::new(CodeRouter { mocks: mocks.clone(), mocked: mocked_code, real: sandbox.clone() }));
     let limits = case.get("limits").map_or_else(Limits::default, |limits| Limits {
         max_steps: limits.get("max_steps").and_then(Json::as_u64).unwrap_or(500),
         max_time: Duration::from_secs(limits.get("max_time").and_then(Json::as_u64).unwrap_or(1200)),
@@ -187,6 +188,10 @@ fn cases() -> Vec<Json> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flowgate_matches_graphon_on_every_case() {
     let address = fixture_address().await;
+    let scratch = std::env::temp_dir().join(format!("flowgate-conformance-code-{}", std::process::id()));
+    let mut config = flowgate_sandbox::SandboxConfig::new(scratch);
+    config.isolation = flowgate_sandbox::IsolationPolicy::Required;
+    let sandbox: Arc<dyn flowgate_engine::ports::CodePort> = Arc::new(flowgate_sandbox::Sandbox::start(config).await.expect("sandbox"));
     let cases = cases();
     assert!(cases.len() >= 60, "the suite must keep at least 60 cases, has {}", cases.len());
     let mut failures = Vec::new();
@@ -201,7 +206,7 @@ async fn flowgate_matches_graphon_on_every_case() {
             }
         };
         let expected = localize(&expected, &address);
-        let actual = run_case(case, &address).await;
+        let actual = run_case(case, &address, &sandbox).await;
         let mut differences = Vec::new();
         for key in ["status", "outputs", "answer", "error", "events", "conversation_variables"] {
             if case.get("skip").and_then(Json::as_array).is_some_and(|skip| skip.iter().any(|item| item == key)) {

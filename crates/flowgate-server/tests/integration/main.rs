@@ -14,7 +14,6 @@ mod harness;
 mod http_fixture;
 mod openai_sdk;
 mod operations;
-mod python;
 mod sdk;
 mod serve;
 

@@ -69,3 +69,21 @@ fn a_workflow_runs_blocking_and_streaming_and_its_log_is_kept() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(http(&server.address, "GET", "/ready", None, None).0, 200);
 }
+
+/// Code nodes run in the sandbox `serve` starts: the result comes back, the server's own
+/// environment (its admin token here) is not visible and sockets are refused.
+#[test]
+fn code_nodes_run_in_the_sandbox_without_the_servers_secrets() {
+    let deployment = Deployment::sqlite("serve-code");
+    let key = deployment.import("tests/service/code-workflow.yml")["api_key"].as_str().unwrap().to_owned();
+    let server = deployment.serve_with_env(&[], &[("FLOWGATE_ADMIN_TOKEN", "a-secret-admin-token-of-enough-length")]);
+    let body = r#"{"inputs": {"n": 12}, "user": "coder"}"#;
+    let (status, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&key), Some(body));
+    assert_eq!(status, 200, "{response}");
+    let response: Json = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["data"]["status"], "succeeded", "{response}");
+    let outputs = &response["data"]["outputs"];
+    assert_eq!(outputs["square"], 144);
+    assert_eq!(outputs["environment"], serde_json::json!(["HOME", "LANG", "PATH", "TMPDIR"]));
+    assert_eq!(outputs["network"], "PermissionError");
+}

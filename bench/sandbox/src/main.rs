@@ -1,0 +1,242 @@
+//! A typical code node (parse a JSON payload, work over its items, return a dict) executed
+//! through flowgate's Python sandbox at concurrency = cores, next to the same code run the way
+//! a naive sandbox does it: a cold `python3` process per execution, measured in the same
+//! command. Also the zygote pool's resident memory as executions accumulate.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowgate_engine::ports::{CodeCall, CodePort, PortContext};
+use flowgate_engine::value::{Map, Value};
+use flowgate_sandbox::{Sandbox, SandboxConfig};
+use tokio::io::AsyncWriteExt;
+
+const CODE: &str = r#"import json
+
+def main(payload: str) -> dict:
+    data = json.loads(payload)
+    items = [{"id": item["id"], "total": round(item["price"] * item["qty"], 2)} for item in data["items"]]
+    by_total = sorted(items, key=lambda item: item["total"], reverse=True)
+    return {"count": len(items), "total": round(sum(item["total"] for item in items), 2), "top": [item["id"] for item in by_total[:3]]}
+"#;
+
+fn payload() -> String {
+    let items: Vec<String> = (0..40)
+        .map(|index| format!(r#"{{"id": "sku-{index}", "price": {}.{:02}, "qty": {}}}"#, index % 17 + 1, index * 7 % 100, index % 5 + 1))
+        .collect();
+    format!(r#"{{"customer": "c-1", "items": [{}]}}"#, items.join(", "))
+}
+
+fn call(payload: &str) -> CodeCall {
+    let mut inputs = Map::default();
+    inputs.insert(Arc::from("payload"), Value::str(payload));
+    let name: Arc<str> = Arc::from("bench");
+    let context = PortContext {
+        node_id: name.clone(),
+        node_type: Arc::from("code"),
+        title: name.clone(),
+        run_id: name.clone(),
+        app_id: name.clone(),
+        user_id: name,
+    };
+    CodeCall { context, language: "python3".into(), code: CODE.into(), inputs }
+}
+
+struct Options {
+    executions: usize,
+    cold: usize,
+    concurrency: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number: usize = value.parse().map_err(|_| format!("{flag}: '{value}' is not a number"))?;
+        match flag.as_str() {
+            "--executions" => options.executions = number.max(1),
+            "--cold" => options.cold = number,
+            "--concurrency" => options.concurrency = number.max(1),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn pool_rss_mib(sandbox: &Sandbox) -> f64 {
+    let pids = sandbox.zygote_pids().await;
+    pids.iter().map(|pid| rss_kib(*pid)).sum::<u64>() as f64 / 1024.0
+}
+
+/// Runs `total` executions from `concurrency` loops; returns each one's latency.
+async fn through_pool(sandbox: &Sandbox, payload: &Arc<str>, total: usize, concurrency: usize) -> Vec<Duration> {
+    let per_loop = total.div_ceil(concurrency);
+    let loops = (0..concurrency).map(|_| {
+        let sandbox = sandbox.clone();
+        let payload = payload.clone();
+        async move {
+            let mut latencies = Vec::with_capacity(per_loop);
+            for _ in 0..per_loop {
+                let started = Instant::now();
+                let result = sandbox.execute(call(&payload)).await;
+                latencies.push(started.elapsed());
+                if let Err(error) = result {
+                    eprintln!("execution failed: {error}");
+                    std::process::exit(1);
+                }
+            }
+            latencies
+        }
+    });
+    futures::future::join_all(loops).await.into_iter().flatten().collect()
+}
+
+/// The same code in a fresh `python3` per execution, with Dify's wrapper (`main(**inputs)`, the
+/// result printed between `<<RESULT>>` markers).
+async fn cold_python(python: &str, payload: &str, total: usize, concurrency: usize) -> Vec<Duration> {
+    let inputs = format!("{{\"payload\": {}}}", serde_json_string(payload));
+    let program = Arc::new(format!(
+        "{CODE}\nimport json as _json\n_out = main(**_json.loads({inputs:?}))\nprint('<<RESULT>>' + _json.dumps(_out) + '<<RESULT>>')\n"
+    ));
+    let per_loop = total.div_ceil(concurrency);
+    let loops = (0..concurrency).map(|_| {
+        let program = program.clone();
+        let python = python.to_owned();
+        async move {
+            let mut latencies = Vec::with_capacity(per_loop);
+            for _ in 0..per_loop {
+                let started = Instant::now();
+                let spawned = tokio::process::Command::new(&python)
+                    .arg("-")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn();
+                let Ok(mut child) = spawned else {
+                    eprintln!("cannot start python3");
+                    std::process::exit(1);
+                };
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(program.as_bytes()).await;
+                }
+                let output = child.wait_with_output().await;
+                latencies.push(started.elapsed());
+                if !output.is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("<<RESULT>>")) {
+                    eprintln!("a cold python3 execution failed");
+                    std::process::exit(1);
+                }
+            }
+            latencies
+        }
+    });
+    futures::future::join_all(loops).await.into_iter().flatten().collect()
+}
+
+fn serde_json_string(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for character in text.chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            other => quoted.push(other),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+fn report(name: &str, mut latencies: Vec<Duration>, wall: Duration) {
+    latencies.sort();
+    println!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+        latencies.len() as f64 / wall.as_secs_f64(),
+    );
+}
+
+fn main() {
+    let options = match options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        let mut config = SandboxConfig::new(std::env::temp_dir().join(format!("flowgate-bench-sandbox-{}", std::process::id())));
+        config.workers = options.concurrency;
+        let sandbox = match Sandbox::start(config).await {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        };
+        let payload: Arc<str> = Arc::from(payload());
+        println!("sandbox: {}", sandbox.protections().describe());
+        println!("concurrency {} (cores {})", options.concurrency, std::thread::available_parallelism().map_or(0, |cores| cores.get()));
+        // Warm every zygote before measuring.
+        through_pool(&sandbox, &payload, options.concurrency * 20, options.concurrency).await;
+
+        println!();
+        println!("| how | executions | p50 ms | p90 ms | p99 ms | executions/s |");
+        println!("|---|---|---|---|---|---|");
+        let checkpoints = 10.min(options.executions);
+        let mut all = Vec::with_capacity(options.executions);
+        let mut memory = vec![(0usize, pool_rss_mib(&sandbox).await)];
+        let started = Instant::now();
+        for step in 0..checkpoints {
+            let chunk = options.executions / checkpoints + usize::from(step < options.executions % checkpoints);
+            all.extend(through_pool(&sandbox, &payload, chunk, options.concurrency).await);
+            memory.push((all.len(), pool_rss_mib(&sandbox).await));
+        }
+        report("flowgate zygote pool (fork per execution, seccomp + landlock)", all, started.elapsed());
+        if options.cold > 0 {
+            // The interpreter itself, not a launcher script in front of it (pyenv's shim).
+            let python = std::process::Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+                .unwrap_or_else(|_| "python3".into());
+            let started = Instant::now();
+            let cold = cold_python(&python, &payload, options.cold, options.concurrency).await;
+            report(&format!("cold {python} per execution"), cold, started.elapsed());
+        }
+        println!();
+        println!("| executions | pool RSS (all zygotes) |");
+        println!("|---|---|");
+        for (executions, mib) in memory {
+            println!("| {executions} | {mib:.1} MiB |");
+        }
+    });
+}

@@ -1,0 +1,258 @@
+//! The pool of Python zygotes and the frames exchanged with them (see `zygote.py`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, Semaphore};
+
+use flowgate_engine::ports::{PortError, PortErrorKind};
+use flowgate_engine::value::{Map, MapRef};
+
+use crate::{IsolationPolicy, SandboxConfig, SandboxError};
+
+const ZYGOTE_SOURCE: &str = include_str!("zygote.py");
+/// A frame larger than this is a broken zygote (results are capped at 64 MiB inside).
+const MAX_FRAME_BYTES: usize = 160 * 1024 * 1024;
+/// How long a zygote may take to import its modules and answer.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed beyond an execution's own limit for the zygote to report it.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// What the kernel and the interpreter allow the sandbox to do, reported by a zygote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protections {
+    pub python_version: String,
+    /// 0 when landlock is not available.
+    pub landlock_abi: u32,
+    pub seccomp: bool,
+    /// `uid 65534`, `capabilities` (root kept its uid but lost every capability) or `not root`.
+    pub privileges: String,
+}
+
+impl Protections {
+    /// The protections that are missing, by name; empty when all are active.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.seccomp {
+            missing.push("seccomp");
+        }
+        if self.landlock_abi == 0 {
+            missing.push("landlock");
+        }
+        missing
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "Python {}: seccomp {}, landlock {}, privileges {}, no_new_privs on, rlimits on",
+            self.python_version,
+            if self.seccomp { "on" } else { "OFF" },
+            if self.landlock_abi > 0 { format!("on (ABI {})", self.landlock_abi) } else { "OFF".into() },
+            self.privileges,
+        )
+    }
+}
+
+struct Zygote {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Zygote {
+    async fn spawn(config: &SandboxConfig, interpreter: &Path) -> Result<(Self, Protections), SandboxError> {
+        let start_error = |reason: String| SandboxError::Start { python: interpreter.display().to_string(), reason };
+        // An empty environment: nothing of the server's (keys, database URLs) reaches user code.
+        let mut child = Command::new(interpreter)
+            .args(["-I", "-c", ZYGOTE_SOURCE])
+            .env_clear()
+            .env("LANG", "C.UTF-8")
+            .current_dir(&config.scratch)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| start_error(error.to_string()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(start_error("no pipes to the zygote".into()));
+        };
+        let mut zygote = Self { child, stdin, stdout };
+        let setup = json!({
+            "scratch": config.scratch,
+            "max_file_bytes": config.max_file_bytes,
+        });
+        let hello = tokio::time::timeout(START_TIMEOUT, async {
+            zygote.write_frame(&setup).await?;
+            zygote.read_frame().await
+        })
+        .await
+        .map_err(|_| start_error("it did not become ready in 30 s".into()))?
+        .map_err(|error| start_error(error.to_string()))?;
+        if hello.get("ready") != Some(&Json::Bool(true)) {
+            return Err(start_error(format!("unexpected greeting {hello}")));
+        }
+        let protections = Protections {
+            python_version: hello.get("python").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            landlock_abi: hello.get("landlock_abi").and_then(Json::as_u64).unwrap_or(0) as u32,
+            seccomp: hello.get("seccomp").and_then(Json::as_bool).unwrap_or(false),
+            privileges: hello.get("privileges").and_then(Json::as_str).unwrap_or_default().to_owned(),
+        };
+        Ok((zygote, protections))
+    }
+
+    async fn write_frame(&mut self, value: &Json) -> std::io::Result<()> {
+        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("request too large"))?;
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        frame.extend_from_slice(&length.to_be_bytes());
+        frame.extend_from_slice(&body);
+        self.stdin.write_all(&frame).await?;
+        self.stdin.flush().await
+    }
+
+    async fn read_frame(&mut self) -> std::io::Result<Json> {
+        let mut header = [0u8; 4];
+        self.stdout.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes(header) as usize;
+        if length > MAX_FRAME_BYTES {
+            return Err(std::io::Error::other(format!("a {length}-byte frame")));
+        }
+        let mut body = vec![0u8; length];
+        self.stdout.read_exact(&mut body).await?;
+        serde_json::from_slice(&body).map_err(std::io::Error::other)
+    }
+}
+
+/// Zygotes, each serving one execution at a time; a broken one is replaced on next use.
+pub struct PythonPool {
+    config: SandboxConfig,
+    interpreter: std::path::PathBuf,
+    protections: Protections,
+    slots: Vec<Mutex<Option<Zygote>>>,
+    free: Semaphore,
+}
+
+impl PythonPool {
+    pub async fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        std::fs::create_dir_all(&config.scratch).map_err(|error| SandboxError::Start {
+            python: config.python.display().to_string(),
+            reason: format!("cannot create the scratch directory {}: {error}", config.scratch.display()),
+        })?;
+        let interpreter = resolve_interpreter(&config.python).await?;
+        let (first, protections) = Zygote::spawn(&config, &interpreter).await?;
+        if config.isolation == IsolationPolicy::Required && !protections.missing().is_empty() {
+            return Err(SandboxError::IsolationMissing { missing: protections.missing().join(" and ") });
+        }
+        let workers = config.workers.max(1);
+        let mut slots = Vec::with_capacity(workers);
+        slots.push(Mutex::new(Some(first)));
+        slots.extend((1..workers).map(|_| Mutex::new(None)));
+        Ok(Self { free: Semaphore::new(workers), slots, interpreter, protections, config })
+    }
+
+    pub fn protections(&self) -> &Protections {
+        &self.protections
+    }
+
+    /// Process ids of the zygotes that are running now (for memory accounting).
+    pub async fn zygote_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for slot in &self.slots {
+            if let Some(pid) = slot.lock().await.as_ref().and_then(|zygote| zygote.child.id()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Runs `main(**inputs)` in a fresh child of a free zygote.
+    pub async fn execute(&self, code: &str, inputs: &Map) -> Result<Map, PortError> {
+        let _permit = self.free.acquire().await.map_err(|_| PortError::new(PortErrorKind::Other, "the sandbox is shutting down"))?;
+        // The permit guarantees a free slot.
+        let mut slot = None;
+        for candidate in &self.slots {
+            if let Ok(guard) = candidate.try_lock() {
+                slot = Some(guard);
+                break;
+            }
+        }
+        let Some(mut slot) = slot else {
+            return Err(PortError::new(PortErrorKind::Other, "no free sandbox worker"));
+        };
+        if slot.is_none() {
+            let (zygote, _) = Zygote::spawn(&self.config, &self.interpreter)
+                .await
+                .map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
+            *slot = Some(zygote);
+        }
+        let request = json!({
+            "code": code,
+            "inputs": MapRef(inputs),
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "memory_bytes": self.config.memory_bytes,
+            "network": self.config.network,
+        });
+        let answer = match slot.as_mut() {
+            Some(zygote) => {
+                tokio::time::timeout(self.config.timeout + REPORT_GRACE, async {
+                    zygote.write_frame(&request).await?;
+                    zygote.read_frame().await
+                })
+                .await
+            }
+            None => return Err(PortError::new(PortErrorKind::Other, "no sandbox worker")),
+        };
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                discard(&mut slot).await;
+                return Err(PortError::new(PortErrorKind::Other, SandboxError::Broken(error.to_string()).to_string()));
+            }
+            Err(_) => {
+                discard(&mut slot).await;
+                return Err(PortError::new(PortErrorKind::Timeout, "Code execution timed out and its worker was replaced."));
+            }
+        };
+        if let Some(text) = response.get("ok").and_then(Json::as_str) {
+            return crate::result::outputs(text).map_err(|message| PortError::new(PortErrorKind::Other, message));
+        }
+        let message = response.get("message").and_then(Json::as_str).unwrap_or("the code failed").to_owned();
+        let kind = match response.get("error").and_then(Json::as_str) {
+            Some("timeout") => PortErrorKind::Timeout,
+            Some("memory" | "output") => PortErrorKind::TooLarge,
+            _ => PortErrorKind::Other,
+        };
+        Err(PortError::new(kind, message))
+    }
+}
+
+async fn discard(slot: &mut Option<Zygote>) {
+    if let Some(mut zygote) = slot.take() {
+        let _ = zygote.child.kill().await;
+    }
+}
+
+/// The interpreter's real path (`python3` may be a shim script that needs the environment the
+/// zygote will not have).
+async fn resolve_interpreter(python: &Path) -> Result<std::path::PathBuf, SandboxError> {
+    let output = Command::new(python)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|error| SandboxError::Start { python: python.display().to_string(), reason: error.to_string() })?;
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || path.is_empty() {
+        return Err(SandboxError::Start {
+            python: python.display().to_string(),
+            reason: format!("it did not run: {}", String::from_utf8_lossy(&output.stderr).trim()),
+        });
+    }
+    Ok(path.into())
+}

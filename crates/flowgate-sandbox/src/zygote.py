@@ -1,0 +1,466 @@
+"""flowgate's Python zygote: a warm interpreter that forks one locked-down child per execution.
+
+The server starts it with an empty environment and talks to it over stdin/stdout in frames (a
+4-byte big-endian length, then UTF-8 JSON). The first frame configures it; it answers with the
+protections this kernel offers. Then each request frame runs one `main(**inputs)` in a fresh
+child and gets one response frame. The zygote itself never runs user code, so no execution can
+see another's data.
+
+In the child, before user code: a new session, stdio to /dev/null, a private scratch directory,
+rlimits, root's privileges dropped, no_new_privs, a landlock ruleset (read-only system and Python
+paths, the scratch directory read-write) and a seccomp filter (no sockets unless allowed, no
+exec, no new processes, no ptrace, no mount, signals only to itself).
+"""
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+# What Dify's sandbox offers, imported once here so children start warm.
+PRELOAD = [
+    "base64", "binascii", "bisect", "calendar", "collections", "copy", "csv", "dataclasses", "datetime",
+    "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq", "hmac", "html", "io",
+    "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "textwrap", "time",
+    "typing", "unicodedata", "urllib.parse", "uuid", "zoneinfo", "jinja2", "requests", "httpx",
+]
+for _name in PRELOAD:
+    try:
+        __import__(_name)
+    except Exception:  # not installed here: user code importing it gets ImportError
+        pass
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+LIBC.prctl.restype = ctypes.c_int
+NOBODY = 65534
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+PR_GET_SECCOMP = 21
+SECCOMP_MODE_FILTER = 2
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+SYS_CAPSET = 126
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+
+
+def read_exact(stream, size):
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def read_frame():
+    (size,) = struct.unpack(">I", read_exact(sys.stdin.buffer, 4))
+    return json.loads(read_exact(sys.stdin.buffer, size))
+
+
+def write_frame(value):
+    data = json.dumps(value).encode("utf-8")
+    sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
+    sys.stdout.buffer.flush()
+
+
+# --- seccomp --------------------------------------------------------------------------------
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+# x86_64 numbers. Refused with EPERM (or ENOSYS for clone3, so the C library falls back to clone).
+DENIED = {
+    "execve": 59, "execveat": 322, "fork": 57, "vfork": 58, "ptrace": 101, "process_vm_readv": 310,
+    "process_vm_writev": 311, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
+    "setns": 308, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
+    "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168, "syslog": 103, "bpf": 321,
+    "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248, "request_key": 249,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "setuid": 105, "setgid": 106,
+    "setreuid": 113, "setregid": 114, "setresuid": 117, "setresgid": 119, "setgroups": 116, "setfsuid": 122,
+    "setfsgid": 123, "capset": 126, "personality": 135, "acct": 163, "quotactl": 179, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "mknod": 133, "mknodat": 259, "iopl": 172, "ioperm": 173, "settimeofday": 164,
+    "clock_settime": 227, "adjtimex": 159, "sethostname": 170, "setdomainname": 171, "open_tree": 428,
+    "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438, "rt_sigqueueinfo": 129,
+    "rt_tgsigqueueinfo": 297,
+}
+NETWORK = {"socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "accept4": 288}
+SYS_CLONE, SYS_CLONE3, SYS_KILL, SYS_TKILL, SYS_TGKILL = 56, 435, 62, 200, 234
+CLONE_THREAD = 0x00010000
+EPERM, ENOSYS = 1, 38
+
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_JSET_K = 0x45
+BPF_JGE_K = 0x35
+BPF_RET_K = 0x06
+RET_ALLOW = 0x7FFF0000
+RET_KILL_PROCESS = 0x80000000
+RET_ERRNO = 0x00050000
+
+
+def seccomp_program(network, pid):
+    """A classic BPF filter over seccomp_data (nr at 0, arch at 4, args[i] at 16 + 8 * i)."""
+    program = []
+
+    def op(code, k, jt=0, jf=0):
+        program.append((code, jt, jf, k))
+
+    op(BPF_LD_W_ABS, 4)
+    op(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0)
+    op(BPF_RET_K, RET_KILL_PROCESS)
+    op(BPF_LD_W_ABS, 0)
+    op(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1)
+    op(BPF_RET_K, RET_ERRNO | EPERM)
+    denied = list(DENIED.values()) + ([] if network else list(NETWORK.values()))
+    for number in denied:
+        op(BPF_JEQ_K, number, 0, 1)
+        op(BPF_RET_K, RET_ERRNO | EPERM)
+    op(BPF_JEQ_K, SYS_CLONE3, 0, 1)
+    op(BPF_RET_K, RET_ERRNO | ENOSYS)
+    # clone: threads only.
+    op(BPF_JEQ_K, SYS_CLONE, 0, 4)
+    op(BPF_LD_W_ABS, 16)
+    op(BPF_JSET_K, CLONE_THREAD, 1, 0)
+    op(BPF_RET_K, RET_ERRNO | EPERM)
+    op(BPF_RET_K, RET_ALLOW)
+    # kill(pid) and tgkill(tgid): this process (or its own group) only; tkill: itself only.
+    for number, zero_ok in ((SYS_KILL, True), (SYS_TGKILL, False), (SYS_TKILL, False)):
+        op(BPF_JEQ_K, number, 0, 5 if zero_ok else 4)
+        op(BPF_LD_W_ABS, 16)
+        op(BPF_JEQ_K, pid, 2 if zero_ok else 1, 0)
+        if zero_ok:
+            op(BPF_JEQ_K, 0, 1, 0)
+        op(BPF_RET_K, RET_ERRNO | EPERM)
+        op(BPF_RET_K, RET_ALLOW)
+    op(BPF_RET_K, RET_ALLOW)
+    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp(network):
+    program = seccomp_program(network, os.getpid())
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter refused")
+
+
+def seccomp_available():
+    import platform
+
+    return platform.machine() == "x86_64" and LIBC.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0
+
+
+# --- landlock -------------------------------------------------------------------------------
+
+FS_FILE = (1 << 0) | (1 << 1) | (1 << 2)  # execute, write file, read file
+FS_READ = (1 << 2) | (1 << 3)  # read file, read dir
+
+
+def landlock_abi():
+    abi = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return abi if abi > 0 else 0
+
+
+def handled_fs(abi):
+    handled = (1 << 13) - 1
+    if abi >= 2:
+        handled |= 1 << 13  # refer
+    if abi >= 3:
+        handled |= 1 << 14  # truncate
+    if abi >= 5:
+        handled |= 1 << 15  # ioctl on devices
+    return handled
+
+
+def install_landlock(abi, read_paths, write_paths, network):
+    handled = handled_fs(abi)
+    fields = [handled]
+    if abi >= 4:
+        fields.append(0 if network else 0b11)  # bind and connect TCP: refused when no network
+    if abi >= 6:
+        fields.append(0b11)  # abstract unix sockets and signals outside this sandbox
+    attr = struct.pack("<" + "Q" * len(fields), *fields)
+    ruleset = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock ruleset refused")
+    try:
+        for paths, access in ((read_paths, FS_READ), (write_paths, handled)):
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    allowed = access if os.path.isdir(path) else access & (FS_FILE | (1 << 14) | (1 << 15)) & handled
+                    rule = struct.pack("<Qi", allowed, fd)
+                    if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:
+                        raise OSError(ctypes.get_errno(), f"landlock rule for {path} refused")
+                finally:
+                    os.close(fd)
+        if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock restrict_self refused")
+    finally:
+        os.close(ruleset)
+
+
+def python_paths():
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    paths.update(entry for entry in sys.path if entry)
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file:
+            paths.add(os.path.dirname(os.path.dirname(os.path.realpath(file))))
+    return sorted(path for path in paths if os.path.exists(path))
+
+
+SYSTEM_READ_PATHS = [
+    "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/localtime", "/etc/ld.so.cache",
+    "/dev/urandom", "/dev/random",
+]
+
+
+# --- privileges -----------------------------------------------------------------------------
+
+
+def readable_by_nobody(path):
+    """Whether a process without root could still import from `path`."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return False
+        if not mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges(scratch):
+    """Root becomes nobody when the interpreter stays readable; otherwise it keeps uid 0 and
+    loses every capability (so file permissions bind it as they bind any user)."""
+    if os.geteuid() != 0:
+        return "not root"
+    if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))):
+        os.chown(scratch, NOBODY, NOBODY)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        return "uid 65534"
+    for capability in range(64):
+        LIBC.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP
+    header = CapHeader(0x20080522, 0)
+    data = (CapData * 2)()
+    if LIBC.syscall(SYS_CAPSET, ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "dropping capabilities refused")
+    return "capabilities"
+
+
+# --- one execution --------------------------------------------------------------------------
+
+
+def lock_down(config, request, scratch, abi, result_fd):
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    # Nothing of the zygote's stays open but the result pipe.
+    os.closerange(3, result_fd)
+    os.closerange(result_fd + 1, 1 << 16)
+    os.chdir(scratch)
+    os.environ.clear()
+    os.environ.update({"HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+    seconds = max(1, -(-request["timeout_ms"] // 1000))
+    limits = [
+        (resource.RLIMIT_CPU, (seconds, seconds + 1)),
+        (resource.RLIMIT_AS, (request["memory_bytes"], request["memory_bytes"])),
+        (resource.RLIMIT_FSIZE, (config["max_file_bytes"], config["max_file_bytes"])),
+        (resource.RLIMIT_NOFILE, (64, 64)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
+    for kind, value in limits:
+        resource.setrlimit(kind, value)
+    drop_privileges(scratch)
+    if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs refused")
+    if abi:
+        install_landlock(abi, config["read_paths"], [scratch, "/dev/null"], request["network"])
+    if config["seccomp"]:
+        install_seccomp(request["network"])
+
+
+def user_traceback(error):
+    """The traceback from the user's code on (the zygote's own frame left out)."""
+    trace = error.__traceback__
+    if trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return "".join(traceback.format_exception(type(error), error, trace)).rstrip("\n")
+
+
+def child(config, request, scratch, abi, result_fd):
+    status = 0
+    try:
+        try:
+            lock_down(config, request, scratch, abi, result_fd)
+        except Exception as error:
+            os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
+            os._exit(3)
+        inputs = request["inputs"]
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        try:
+            exec(compile(request["code"], "<code>", "exec"), namespace)
+            main = namespace.get("main")
+            if not callable(main):
+                raise NameError("name 'main' is not defined")
+            output = main(**inputs)
+            text = json.dumps(output, ensure_ascii=False)
+            payload = b"R" + text.encode("utf-8", "surrogatepass")
+        except MemoryError:
+            payload = b"M"
+        except BaseException as error:  # SystemExit and KeyboardInterrupt are user errors too
+            payload = b"E" + user_traceback(error).encode("utf-8", "replace")
+        view = memoryview(payload)
+        while view:
+            written = os.write(result_fd, view)
+            view = view[written:]
+    except BaseException:
+        status = 4
+    os._exit(status)
+
+
+def remove_tree(path):
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def run(config, request, abi, counter):
+    scratch = os.path.join(config["scratch"], f"x{os.getpid()}-{counter}")
+    os.mkdir(scratch, 0o700)
+    read_end, write_end = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        child(config, request, scratch, abi, write_end)
+    os.close(write_end)
+    deadline = started + request["timeout_ms"] / 1000
+    chunks, size, outcome = [], 0, None
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome = {"error": "timeout", "message": f"Code execution timed out after {request['timeout_ms'] / 1000:g} s and was stopped."}
+                break
+            ready, _, _ = select.select([read_end], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_RESULT_BYTES:
+                outcome = {"error": "output", "message": f"Code output is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB."}
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        if outcome is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status = os.waitpid(pid, 0)
+        remove_tree(scratch)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if outcome is not None:
+        return {**outcome, "elapsed_ms": elapsed_ms}
+    payload = b"".join(chunks)
+    kind, body = payload[:1], payload[1:].decode("utf-8", "replace")
+    if kind == b"R":
+        return {"ok": body, "elapsed_ms": elapsed_ms}
+    if kind == b"E":
+        return {"error": "exception", "message": body, "elapsed_ms": elapsed_ms}
+    if kind == b"M" or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV and not payload):
+        return {"error": "memory", "message": f"Code ran out of memory (limit {request['memory_bytes'] // (1024 * 1024)} MiB).", "elapsed_ms": elapsed_ms}
+    if kind == b"S":
+        return {"error": "sandbox", "message": body, "elapsed_ms": elapsed_ms}
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+        return {"error": "timeout", "message": "Code used more CPU time than its limit and was stopped.", "elapsed_ms": elapsed_ms}
+    if os.WIFSIGNALED(status):
+        return {"error": "exit", "message": f"Code was killed by signal {os.WTERMSIG(status)}.", "elapsed_ms": elapsed_ms}
+    return {"error": "exit", "message": f"Code exited with status {os.waitstatus_to_exitcode(status)} without a result.", "elapsed_ms": elapsed_ms}
+
+
+def main():
+    config = read_frame()
+    config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("extra_read_paths", [])
+    abi = landlock_abi() if config.get("landlock", True) else 0
+    config["seccomp"] = config.get("seccomp", True) and seccomp_available()
+    probe_dir = os.path.join(config["scratch"], f"probe{os.getpid()}")
+    os.makedirs(probe_dir, exist_ok=True)
+    os.rmdir(probe_dir)
+    privileges = "not root" if os.geteuid() != 0 else (
+        "uid 65534" if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))) else "capabilities"
+    )
+    write_frame({
+        "ready": True,
+        "python": sys.version.split()[0],
+        "landlock_abi": abi,
+        "seccomp": config["seccomp"],
+        "privileges": privileges,
+    })
+    gc.freeze()
+    counter = 0
+    while True:
+        try:
+            request = read_frame()
+        except EOFError:
+            return
+        counter += 1
+        try:
+            response = run(config, request, abi, counter)
+        except Exception as error:
+            response = {"error": "sandbox", "message": f"the sandbox failed: {error}", "elapsed_ms": 0}
+        write_frame(response)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+//! The escape and abuse suite: user code trying what hostile code tries. Each attempt must be
+//! refused or stopped with a clear error, the pool must stay healthy and the next execution
+//! must run normally and see nothing of the one before.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_engine::ports::{CodeCall, CodePort, PortContext, PortErrorKind};
+use flowgate_engine::value::{Map, Value};
+use flowgate_sandbox::{Sandbox, SandboxConfig};
+
+async fn sandbox(tag: &str) -> Sandbox {
+    let scratch = std::env::temp_dir().join(format!("flowgate-sandbox-test-{tag}-{}", std::process::id()));
+    let mut config = SandboxConfig::new(scratch);
+    config.timeout = Duration::from_secs(2);
+    config.memory_bytes = 768 * 1024 * 1024;
+    Sandbox::start(config).await.unwrap()
+}
+
+fn call(code: &str, inputs: &[(&str, Value)]) -> CodeCall {
+    let mut map = Map::default();
+    for (name, value) in inputs {
+        map.insert(Arc::from(*name), value.clone());
+    }
+    let context = PortContext {
+        node_id: Arc::from("code"),
+        node_type: Arc::from("code"),
+        title: Arc::from("Code"),
+        run_id: Arc::from("run"),
+        app_id: Arc::from("app"),
+        user_id: Arc::from("user"),
+    };
+    CodeCall { context, language: "python3".into(), code: code.into(), inputs: map }
+}
+
+async fn run(sandbox: &Sandbox, code: &str) -> Result<Map, (PortErrorKind, String)> {
+    sandbox.execute(call(code, &[])).await.map_err(|error| (error.kind, error.message))
+}
+
+async fn output(sandbox: &Sandbox, code: &str) -> Value {
+    let outputs = run(sandbox, code).await.unwrap_or_else(|error| panic!("{code}\nfailed: {error:?}"));
+    outputs.get("result").cloned().unwrap_or(Value::None)
+}
+
+async fn still_healthy(sandbox: &Sandbox) {
+    assert_eq!(output(sandbox, "def main():\n    return {'result': 6 * 7}").await, Value::Int(42));
+}
+
+#[tokio::test]
+async fn main_gets_its_inputs_and_returns_its_outputs() {
+    let sandbox = sandbox("main").await;
+    let code = "import json\ndef main(count: int, text: str) -> dict:\n    data = json.loads(text)\n    return {'total': count + sum(data['xs']), 'keys': sorted(data)}";
+    let outputs =
+        sandbox.execute(call(code, &[("count", Value::Int(1)), ("text", Value::str(r#"{"xs": [1, 2], "b": 0}"#))])).await.unwrap();
+    assert_eq!(outputs.get("total"), Some(&Value::Int(4)));
+    assert_eq!(outputs.get("keys"), Some(&Value::array(vec![Value::str("b"), Value::str("xs")])));
+}
+
+#[tokio::test]
+async fn user_exceptions_come_back_as_the_traceback_of_the_users_code() {
+    let sandbox = sandbox("traceback").await;
+    let (_, message) = run(&sandbox, "def main():\n    return {'x': 1 / 0}").await.unwrap_err();
+    assert!(message.starts_with("Traceback (most recent call last):"), "{message}");
+    assert!(message.contains("File \"<code>\", line 2, in main"), "{message}");
+    assert!(message.ends_with("ZeroDivisionError: division by zero"), "{message}");
+    assert!(!message.contains("zygote"), "{message}");
+    let (_, message) = run(&sandbox, "x = 1").await.unwrap_err();
+    assert!(message.ends_with("NameError: name 'main' is not defined"), "{message}");
+    let (_, message) = run(&sandbox, "def main():\n    return [1]").await.unwrap_err();
+    assert_eq!(message, "Result must be a dict, got list");
+}
+
+#[tokio::test]
+async fn sockets_are_refused() {
+    let sandbox = sandbox("socket").await;
+    let (_, message) =
+        run(&sandbox, "import socket\ndef main():\n    socket.socket().connect(('127.0.0.1', 5432))\n    return {}").await.unwrap_err();
+    assert!(message.contains("PermissionError: [Errno 1] Operation not permitted"), "{message}");
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn secrets_and_the_servers_files_cannot_be_read() {
+    let sandbox = sandbox("files").await;
+    for path in ["/etc/shadow", "/proc/1/environ", "/proc/self/environ", env!("CARGO_MANIFEST_PATH"), "/root/.bashrc"] {
+        let code = format!("def main():\n    return {{'result': open({path:?}).read()}}");
+        let (_, message) = run(&sandbox, &code).await.unwrap_err();
+        assert!(message.contains("PermissionError") || message.contains("FileNotFoundError"), "{path}: {message}");
+    }
+    let code = "import os\ndef main():\n    return {'result': os.getppid()}";
+    let parent = output(&sandbox, code).await;
+    let code = format!("def main():\n    return {{'result': open('/proc/{}/environ', 'rb').read().decode()}}", parent.to_text());
+    assert!(run(&sandbox, &code).await.is_err(), "the zygote's environment is readable");
+    // The environment the code sees is the sandbox's own, not the server's.
+    let environment = output(&sandbox, "import os\ndef main():\n    return {'result': sorted(os.environ)}").await;
+    assert_eq!(environment, Value::array(["HOME", "LANG", "PATH", "TMPDIR"].into_iter().map(Value::str).collect()));
+}
+
+#[tokio::test]
+async fn writes_stay_in_a_private_scratch_directory() {
+    let sandbox = sandbox("writes").await;
+    for path in ["/tmp/flowgate-escaped", "/etc/flowgate-escaped", "../flowgate-escaped"] {
+        let code = format!("def main():\n    open({path:?}, 'w').write('x')\n    return {{}}");
+        let (_, message) = run(&sandbox, &code).await.unwrap_err();
+        assert!(message.contains("PermissionError"), "{path}: {message}");
+    }
+    let code = "import os\ndef main():\n    open('note.txt', 'w').write('private')\n    return {'result': os.listdir('.')}";
+    assert_eq!(output(&sandbox, code).await, Value::array(vec![Value::str("note.txt")]));
+    let code = "import os\ndef main():\n    return {'result': os.listdir('.')}";
+    assert_eq!(output(&sandbox, code).await, Value::array(vec![]), "the next execution sees the file");
+}
+
+#[tokio::test]
+async fn no_programs_can_be_started() {
+    let sandbox = sandbox("exec").await;
+    let (_, message) =
+        run(&sandbox, "import subprocess\ndef main():\n    subprocess.run(['/bin/sh', '-c', 'id'])\n    return {}").await.unwrap_err();
+    assert!(message.contains("PermissionError"), "{message}");
+    let (_, message) = run(&sandbox, "import os\ndef main():\n    os.execv('/bin/sh', ['sh'])\n    return {}").await.unwrap_err();
+    assert!(message.contains("PermissionError"), "{message}");
+    let status = output(&sandbox, "import os\ndef main():\n    return {'result': os.system('id')}").await;
+    assert_ne!(status, Value::Int(0));
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn ctypes_cannot_reach_around_the_filter() {
+    let sandbox = sandbox("ctypes").await;
+    // socket(AF_INET, SOCK_STREAM, 0) and execve("/bin/sh") straight through libc.
+    let code = "import ctypes\ndef main():\n    libc = ctypes.CDLL(None)\n    return {'result': [libc.syscall(41, 2, 1, 0), libc.execv(b'/bin/sh', None)]}";
+    assert_eq!(output(&sandbox, code).await, Value::array(vec![Value::Int(-1), Value::Int(-1)]));
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn fork_bombs_memory_bombs_and_endless_loops_are_stopped() {
+    let sandbox = sandbox("bombs").await;
+    let (_, message) = run(&sandbox, "import os\ndef main():\n    while True:\n        os.fork()").await.unwrap_err();
+    assert!(message.contains("PermissionError"), "{message}");
+    let (kind, message) =
+        run(&sandbox, "def main():\n    blocks = []\n    while True:\n        blocks.append(bytearray(64 * 1024 * 1024))")
+            .await
+            .unwrap_err();
+    assert_eq!(kind, PortErrorKind::TooLarge, "{message}");
+    assert!(message.contains("ran out of memory"), "{message}");
+    let started = std::time::Instant::now();
+    let (kind, message) = run(&sandbox, "def main():\n    while True:\n        pass").await.unwrap_err();
+    assert_eq!(kind, PortErrorKind::Timeout, "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
+    let (_, message) =
+        run(&sandbox, "import threading\ndef main():\n    threading.Thread(target=lambda: None).start()\n    return {'result': 1}")
+            .await
+            .map(|_| (PortErrorKind::Other, String::new()))
+            .unwrap_or_else(|error| error);
+    assert!(message.is_empty(), "threads are allowed: {message}");
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn giant_outputs_and_deep_recursion_end_in_clear_errors() {
+    let sandbox = sandbox("giant").await;
+    let (kind, message) = run(&sandbox, "def main():\n    return {'result': 'a' * (80 * 1024 * 1024)}").await.unwrap_err();
+    assert_eq!(kind, PortErrorKind::TooLarge);
+    assert!(message.contains("larger than 64 MiB"), "{message}");
+    let (_, message) = run(&sandbox, "def f(n):\n    return f(n + 1)\ndef main():\n    return {'result': f(0)}").await.unwrap_err();
+    assert!(message.ends_with("RecursionError: maximum recursion depth exceeded"), "{message}");
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn signals_cannot_reach_the_zygote_or_anyone_else() {
+    let sandbox = sandbox("signals").await;
+    for target in ["os.getppid()", "-1", "1"] {
+        let code = format!("import os, signal\ndef main():\n    os.kill({target}, signal.SIGKILL)\n    return {{}}");
+        let (_, message) = run(&sandbox, &code).await.unwrap_err();
+        assert!(message.contains("PermissionError"), "{target}: {message}");
+    }
+    // The code may still signal itself (Python's own alarm-based timeouts do).
+    let code = "import signal\ndef main():\n    signal.signal(signal.SIGUSR1, lambda *a: None)\n    signal.raise_signal(signal.SIGUSR1)\n    return {'result': 'ok'}";
+    assert_eq!(output(&sandbox, code).await, Value::str("ok"));
+    still_healthy(&sandbox).await;
+}
+
+#[tokio::test]
+async fn executions_never_see_each_others_state() {
+    let sandbox = sandbox("state").await;
+    let code = "import json\nSEEN = []\ndef main():\n    json.leak = 'secret'\n    SEEN.append(1)\n    return {'result': len(SEEN)}";
+    assert_eq!(output(&sandbox, code).await, Value::Int(1));
+    let code = "import json\ndef main():\n    return {'result': hasattr(json, 'leak')}";
+    for _ in 0..4 {
+        assert_eq!(output(&sandbox, code).await, Value::Bool(false));
+    }
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_executions_all_succeed() {
+    let sandbox = sandbox("concurrency").await;
+    let code = "import json\ndef main(n: int) -> dict:\n    data = json.loads(json.dumps({'n': n, 'xs': list(range(50))}))\n    return {'result': data['n'] * 2 + sum(data['xs'])}";
+    let runs = (0..500).map(|n| {
+        let sandbox = sandbox.clone();
+        async move { (n, sandbox.execute(call(code, &[("n", Value::Int(n))])).await) }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (n, result) in results {
+        let outputs = result.unwrap_or_else(|error| panic!("execution {n} failed: {error:?}"));
+        assert_eq!(outputs.get("result"), Some(&Value::Int(n * 2 + 1225)));
+    }
+}
+
+#[tokio::test]
+async fn the_active_protections_are_reported() {
+    let sandbox = sandbox("protections").await;
+    let protections = sandbox.protections();
+    // This machine's kernel has both; a kernel without them is reported, not hidden.
+    assert!(protections.seccomp, "{}", protections.describe());
+    assert!(protections.landlock_abi > 0, "{}", protections.describe());
+    assert!(protections.missing().is_empty());
+}

@@ -1,0 +1,82 @@
+//! The code port behind `serve` and `run`: the Python sandbox, configured from flags and the
+//! environment, with the protections it got logged at start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use flowgate_engine::ports::{CodeCall, CodePort, PortError, PortErrorKind};
+use flowgate_engine::value::Map;
+use flowgate_sandbox::{IsolationPolicy, Sandbox, SandboxConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CodeArgs {
+    /// The Python 3 interpreter code nodes run in.
+    #[arg(long = "code-python", env = "FLOWGATE_CODE_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// `required`: code nodes refuse to run unless seccomp and landlock are both active;
+    /// `best-effort`: they run with what the kernel offers (logged at start).
+    #[arg(long = "code-isolation", env = "FLOWGATE_CODE_ISOLATION", default_value = "best-effort", value_parser = ["best-effort", "required"])]
+    pub isolation: String,
+    /// Code executions at once (default: the number of cores).
+    #[arg(long = "code-workers", env = "FLOWGATE_CODE_WORKERS")]
+    pub workers: Option<usize>,
+    /// Seconds one execution may take (wall clock; CPU time is limited the same).
+    #[arg(long = "code-timeout", env = "FLOWGATE_CODE_TIMEOUT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Memory (address space) one execution may use, in MiB.
+    #[arg(long = "code-memory-mb", env = "FLOWGATE_CODE_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..))]
+    pub memory_mb: u64,
+    /// Let code open network connections (`true`). They bypass the SSRF guard HTTP nodes use.
+    #[arg(long = "code-network", env = "FLOWGATE_CODE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub network: bool,
+}
+
+/// Code nodes fail with this port's reason when the sandbox could not start.
+struct Unavailable(String);
+
+impl CodePort for Unavailable {
+    fn execute(&self, _call: CodeCall) -> BoxFuture<'static, Result<Map, PortError>> {
+        let message = self.0.clone();
+        Box::pin(async move { Err(PortError::new(PortErrorKind::Refused, message)) })
+    }
+}
+
+/// Starts the sandbox; when it cannot start, code nodes fail saying why and the rest serves on.
+pub async fn code_port(args: &CodeArgs) -> Arc<dyn CodePort> {
+    let scratch = std::env::temp_dir().join(format!("flowgate-code-{}", std::process::id()));
+    let mut config = SandboxConfig::new(scratch);
+    config.python = args.python.clone();
+    if let Some(workers) = args.workers {
+        config.workers = workers.max(1);
+    }
+    config.timeout = Duration::from_secs(args.timeout);
+    config.memory_bytes = args.memory_mb * 1024 * 1024;
+    config.network = args.network;
+    config.isolation = if args.isolation == "required" { IsolationPolicy::Required } else { IsolationPolicy::BestEffort };
+    match Sandbox::start(config).await {
+        Ok(sandbox) => {
+            let protections = sandbox.protections();
+            let missing = protections.missing();
+            if missing.is_empty() {
+                tracing::info!(protections = %protections.describe(), "code sandbox on");
+            } else {
+                tracing::warn!(
+                    protections = %protections.describe(),
+                    "code sandbox on WITHOUT {}: set FLOWGATE_CODE_ISOLATION=required to refuse code nodes instead",
+                    missing.join(" and ")
+                );
+            }
+            if args.network {
+                tracing::warn!("code nodes may open network connections (FLOWGATE_CODE_NETWORK); they bypass the SSRF guard");
+            }
+            Arc::new(sandbox)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "code nodes will fail");
+            Arc::new(Unavailable(format!("not available: Python code nodes: {error}")))
+        }
+    }
+}
