@@ -1,7 +1,8 @@
 //! A typical code node (parse a JSON payload, work over its items, return a dict) executed
 //! through flowgate's Python sandbox at concurrency = cores, next to the same code run the way
 //! a naive sandbox does it: a cold `python3` process per execution, measured in the same
-//! command. Also the zygote pool's resident memory as executions accumulate.
+//! command; the same work in JavaScript (QuickJS). Also the zygote pool's resident memory as
+//! executions accumulate.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,7 +29,14 @@ fn payload() -> String {
     format!(r#"{{"customer": "c-1", "items": [{}]}}"#, items.join(", "))
 }
 
-fn call(payload: &str) -> CodeCall {
+const JAVASCRIPT: &str = r#"function main({payload}) {
+    const data = JSON.parse(payload);
+    const items = data.items.map(item => ({id: item.id, total: Math.round(item.price * item.qty * 100) / 100}));
+    const byTotal = [...items].sort((a, b) => b.total - a.total);
+    return {count: items.length, total: Math.round(items.reduce((sum, item) => sum + item.total, 0) * 100) / 100, top: byTotal.slice(0, 3).map(item => item.id)};
+}"#;
+
+fn call_in(language: &str, code: &str, payload: &str) -> CodeCall {
     let mut inputs = Map::default();
     inputs.insert(Arc::from("payload"), Value::str(payload));
     let name: Arc<str> = Arc::from("bench");
@@ -40,7 +48,7 @@ fn call(payload: &str) -> CodeCall {
         app_id: name.clone(),
         user_id: name,
     };
-    CodeCall { context, language: "python3".into(), code: CODE.into(), inputs }
+    CodeCall { context, language: language.into(), code: code.into(), inputs }
 }
 
 struct Options {
@@ -90,6 +98,17 @@ async fn pool_rss_mib(sandbox: &Sandbox) -> f64 {
 
 /// Runs `total` executions from `concurrency` loops; returns each one's latency.
 async fn through_pool(sandbox: &Sandbox, payload: &Arc<str>, total: usize, concurrency: usize) -> Vec<Duration> {
+    through(sandbox, "python3", CODE, payload, total, concurrency).await
+}
+
+async fn through(
+    sandbox: &Sandbox,
+    language: &'static str,
+    code: &'static str,
+    payload: &Arc<str>,
+    total: usize,
+    concurrency: usize,
+) -> Vec<Duration> {
     let per_loop = total.div_ceil(concurrency);
     let loops = (0..concurrency).map(|_| {
         let sandbox = sandbox.clone();
@@ -98,7 +117,7 @@ async fn through_pool(sandbox: &Sandbox, payload: &Arc<str>, total: usize, concu
             let mut latencies = Vec::with_capacity(per_loop);
             for _ in 0..per_loop {
                 let started = Instant::now();
-                let result = sandbox.execute(call(&payload)).await;
+                let result = sandbox.execute(call_in(language, code, &payload)).await;
                 latencies.push(started.elapsed());
                 if let Err(error) = result {
                     eprintln!("execution failed: {error}");
@@ -220,7 +239,11 @@ fn main() {
             all.extend(through_pool(&sandbox, &payload, chunk, options.concurrency).await);
             memory.push((all.len(), pool_rss_mib(&sandbox).await));
         }
-        report("flowgate zygote pool (fork per execution, seccomp + landlock)", all, started.elapsed());
+        report("Python: flowgate zygote pool (fork per execution, seccomp + landlock)", all, started.elapsed());
+        through(&sandbox, "javascript", JAVASCRIPT, &payload, options.concurrency * 20, options.concurrency).await;
+        let started = Instant::now();
+        let javascript = through(&sandbox, "javascript", JAVASCRIPT, &payload, options.executions.min(20_000), options.concurrency).await;
+        report("JavaScript: QuickJS, a fresh runtime per execution", javascript, started.elapsed());
         if options.cold > 0 {
             // The interpreter itself, not a launcher script in front of it (pyenv's shim).
             let python = std::process::Command::new("python3")
@@ -230,7 +253,7 @@ fn main() {
                 .unwrap_or_else(|_| "python3".into());
             let started = Instant::now();
             let cold = cold_python(&python, &payload, options.cold, options.concurrency).await;
-            report(&format!("cold {python} per execution"), cold, started.elapsed());
+            report(&format!("Python: cold {python} per execution"), cold, started.elapsed());
         }
         println!();
         println!("| executions | pool RSS (all zygotes) |");

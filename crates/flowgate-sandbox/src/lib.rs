@@ -3,8 +3,11 @@
 //! landlock, seccomp) before the user's code runs, so a fork costs a few milliseconds and no
 //! execution sees another's state. The protections a kernel offers are detected when the first
 //! zygote starts; [`IsolationPolicy::Required`] refuses to run code without all of them.
+//! JavaScript runs in QuickJS in-process, with a memory limit and an interrupt deadline.
 
+mod javascript;
 mod python;
+mod remote;
 mod result;
 
 use std::path::PathBuf;
@@ -16,7 +19,8 @@ use futures::future::BoxFuture;
 use flowgate_engine::ports::{CodeCall, CodePort, PortError, PortErrorKind};
 use flowgate_engine::value::Map;
 
-pub use python::{Protections, PythonPool};
+pub use python::{Protections, PythonPool, ScriptOutput};
+pub use remote::{DifySandbox, javascript_runner, python_runner, result_between_markers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -27,6 +31,9 @@ pub enum SandboxError {
     #[error("not running code: the sandbox lacks {missing}, and FLOWGATE_CODE_ISOLATION=required")]
     IsolationMissing { missing: String },
 }
+
+/// The most memory one JavaScript execution may use, whatever `memory_bytes` says.
+pub const JAVASCRIPT_MEMORY_CAP: u64 = 128 * 1024 * 1024;
 
 /// Whether code may run when the kernel cannot give every protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,21 +78,35 @@ impl SandboxConfig {
     }
 }
 
-/// The code port: Python through the zygote pool; JavaScript is not served yet.
+/// The code port: Python through the zygote pool, JavaScript in QuickJS.
 #[derive(Clone)]
 pub struct Sandbox {
     python: Arc<PythonPool>,
+    javascript: Arc<javascript::JavaScript>,
 }
 
 impl Sandbox {
     /// Starts the first zygote, so the protections are known (and logged) before any run.
     pub async fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        // JavaScript runs inside the server's process, so it gets a tighter memory bound.
+        let javascript_memory = config.memory_bytes.min(JAVASCRIPT_MEMORY_CAP);
+        let javascript = Arc::new(javascript::JavaScript::new(config.workers, config.timeout, javascript_memory));
         let python = Arc::new(PythonPool::start(config).await?);
-        Ok(Self { python })
+        Ok(Self { python, javascript })
     }
 
     pub fn protections(&self) -> &Protections {
         self.python.protections()
+    }
+
+    /// Runs a whole program the way dify-sandbox does (`python3` or `nodejs`): Dify's wrappers
+    /// print the result between `<<RESULT>>` markers. Network only when the sandbox allows it.
+    pub async fn run_script(&self, language: &str, code: &str, preload: &str, network: bool) -> Result<ScriptOutput, PortError> {
+        match language {
+            "python3" => self.python.run_script(code, preload, network).await,
+            "nodejs" | "javascript" => self.javascript.run_script(code, preload).await,
+            other => Err(PortError::new(PortErrorKind::InvalidRequest, format!("unsupported language {other}"))),
+        }
     }
 
     /// Process ids of the running Python zygotes.
@@ -96,11 +117,11 @@ impl Sandbox {
 
 impl CodePort for Sandbox {
     fn execute(&self, call: CodeCall) -> BoxFuture<'static, Result<Map, PortError>> {
-        let python = self.python.clone();
+        let (python, javascript) = (self.python.clone(), self.javascript.clone());
         Box::pin(async move {
             match call.language.as_str() {
                 "python3" => python.execute(&call.code, &call.inputs).await,
-                "javascript" => Err(PortError::new(PortErrorKind::InvalidRequest, "not supported yet: JavaScript code nodes")),
+                "javascript" => javascript.execute(&call.code, &call.inputs).await,
                 other => Err(PortError::new(PortErrorKind::InvalidRequest, format!("Unsupported code language: {other}"))),
             }
         })

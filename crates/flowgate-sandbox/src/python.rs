@@ -172,6 +172,47 @@ impl PythonPool {
 
     /// Runs `main(**inputs)` in a fresh child of a free zygote.
     pub async fn execute(&self, code: &str, inputs: &Map) -> Result<Map, PortError> {
+        let request = json!({
+            "code": code,
+            "inputs": MapRef(inputs),
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "memory_bytes": self.config.memory_bytes,
+            "network": self.config.network,
+        });
+        let response = self.exchange(&request).await?;
+        if let Some(text) = response.get("ok").and_then(Json::as_str) {
+            return crate::result::outputs(text).map_err(|message| PortError::new(PortErrorKind::Other, message));
+        }
+        Err(failure(&response))
+    }
+
+    /// Runs a whole program, as dify-sandbox does, and reports what it printed and its exit
+    /// status. `network` is granted only when the sandbox allows code network at all.
+    pub async fn run_script(&self, code: &str, preload: &str, network: bool) -> Result<ScriptOutput, PortError> {
+        let request = json!({
+            "mode": "script",
+            "code": code,
+            "preload": preload,
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "memory_bytes": self.config.memory_bytes,
+            "network": network && self.config.network,
+        });
+        let response = self.exchange(&request).await?;
+        let Some(text) = response.get("script").and_then(Json::as_str) else {
+            return Err(failure(&response));
+        };
+        let report: Json = serde_json::from_str(text).map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
+        let field = |name: &str| report.get(name).and_then(Json::as_str).unwrap_or_default().to_owned();
+        Ok(ScriptOutput {
+            stdout: field("stdout"),
+            stderr: field("stderr"),
+            exit_code: report.get("exit_code").and_then(Json::as_i64).unwrap_or(1),
+        })
+    }
+
+    /// One request to a free zygote, started first if its slot is empty; a zygote that fails to
+    /// answer is discarded.
+    async fn exchange(&self, request: &Json) -> Result<Json, PortError> {
         let _permit = self.free.acquire().await.map_err(|_| PortError::new(PortErrorKind::Other, "the sandbox is shutting down"))?;
         // The permit guarantees a free slot.
         let mut slot = None;
@@ -184,51 +225,56 @@ impl PythonPool {
         let Some(mut slot) = slot else {
             return Err(PortError::new(PortErrorKind::Other, "no free sandbox worker"));
         };
+        // A zygote that died while idle (killed, out of memory) is replaced before it is used.
+        if slot.as_mut().is_some_and(|zygote| !matches!(zygote.child.try_wait(), Ok(None))) {
+            discard(&mut slot).await;
+        }
         if slot.is_none() {
             let (zygote, _) = Zygote::spawn(&self.config, &self.interpreter)
                 .await
                 .map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
             *slot = Some(zygote);
         }
-        let request = json!({
-            "code": code,
-            "inputs": MapRef(inputs),
-            "timeout_ms": self.config.timeout.as_millis() as u64,
-            "memory_bytes": self.config.memory_bytes,
-            "network": self.config.network,
-        });
         let answer = match slot.as_mut() {
             Some(zygote) => {
                 tokio::time::timeout(self.config.timeout + REPORT_GRACE, async {
-                    zygote.write_frame(&request).await?;
+                    zygote.write_frame(request).await?;
                     zygote.read_frame().await
                 })
                 .await
             }
             None => return Err(PortError::new(PortErrorKind::Other, "no sandbox worker")),
         };
-        let response = match answer {
-            Ok(Ok(response)) => response,
+        match answer {
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
                 discard(&mut slot).await;
-                return Err(PortError::new(PortErrorKind::Other, SandboxError::Broken(error.to_string()).to_string()));
+                Err(PortError::new(PortErrorKind::Other, SandboxError::Broken(error.to_string()).to_string()))
             }
             Err(_) => {
                 discard(&mut slot).await;
-                return Err(PortError::new(PortErrorKind::Timeout, "Code execution timed out and its worker was replaced."));
+                Err(PortError::new(PortErrorKind::Timeout, "Code execution timed out and its worker was replaced."))
             }
-        };
-        if let Some(text) = response.get("ok").and_then(Json::as_str) {
-            return crate::result::outputs(text).map_err(|message| PortError::new(PortErrorKind::Other, message));
         }
-        let message = response.get("message").and_then(Json::as_str).unwrap_or("the code failed").to_owned();
-        let kind = match response.get("error").and_then(Json::as_str) {
-            Some("timeout") => PortErrorKind::Timeout,
-            Some("memory" | "output") => PortErrorKind::TooLarge,
-            _ => PortErrorKind::Other,
-        };
-        Err(PortError::new(kind, message))
     }
+}
+
+/// What a program run printed, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i64,
+}
+
+fn failure(response: &Json) -> PortError {
+    let message = response.get("message").and_then(Json::as_str).unwrap_or("the code failed").to_owned();
+    let kind = match response.get("error").and_then(Json::as_str) {
+        Some("timeout") => PortErrorKind::Timeout,
+        Some("memory" | "output") => PortErrorKind::TooLarge,
+        _ => PortErrorKind::Other,
+    };
+    PortError::new(kind, message)
 }
 
 async fn discard(slot: &mut Option<Zygote>) {

@@ -330,6 +330,8 @@ def child(config, request, scratch, abi, result_fd):
         except Exception as error:
             os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
             os._exit(3)
+        if request.get("mode") == "script":
+            run_script(request, result_fd)
         inputs = request["inputs"]
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         try:
@@ -351,6 +353,54 @@ def child(config, request, scratch, abi, result_fd):
     except BaseException:
         status = 4
     os._exit(status)
+
+
+class CappedText:
+    """A stdout/stderr that keeps what is printed, up to the result cap."""
+
+    def __init__(self):
+        self.parts, self.size = [], 0
+
+    def write(self, text):
+        if self.size < MAX_RESULT_BYTES:
+            self.parts.append(text)
+            self.size += len(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        return "".join(self.parts)
+
+
+def run_script(request, result_fd):
+    """dify-sandbox's protocol: run a whole program (Dify's wrapper prints the result between
+    `<<RESULT>>` markers) and report what it printed and how it exited."""
+    stdout, stderr = CappedText(), CappedText()
+    sys.stdout, sys.stderr = stdout, stderr
+    exit_code = 0
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        if request.get("preload"):
+            exec(compile(request["preload"], "<preload>", "exec"), namespace)
+        exec(compile(request["code"], "<code>", "exec"), namespace)
+    except SystemExit as error:
+        exit_code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        if not isinstance(error.code, (int, type(None))):
+            stderr.write(f"{error.code}\n")
+    except MemoryError:
+        stdout.parts, stderr.parts = [], ["MemoryError\n"]
+        exit_code = 1
+    except BaseException as error:
+        stderr.write(user_traceback(error) + "\n")
+        exit_code = 1
+    text = json.dumps({"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "exit_code": exit_code}, ensure_ascii=False)
+    payload = memoryview(b"P" + text.encode("utf-8", "surrogatepass"))
+    while payload:
+        written = os.write(result_fd, payload)
+        payload = payload[written:]
+    os._exit(0)
 
 
 def remove_tree(path):
@@ -416,6 +466,8 @@ def run(config, request, abi, counter):
     kind, body = payload[:1], payload[1:].decode("utf-8", "replace")
     if kind == b"R":
         return {"ok": body, "elapsed_ms": elapsed_ms}
+    if kind == b"P":
+        return {"script": body, "elapsed_ms": elapsed_ms}
     if kind == b"E":
         return {"error": "exception", "message": body, "elapsed_ms": elapsed_ms}
     if kind == b"M" or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV and not payload):

@@ -218,3 +218,21 @@ async fn the_active_protections_are_reported() {
     assert!(protections.landlock_abi > 0, "{}", protections.describe());
     assert!(protections.missing().is_empty());
 }
+
+#[tokio::test]
+async fn a_zygote_that_dies_is_replaced() {
+    let sandbox = sandbox("replace").await;
+    still_healthy(&sandbox).await;
+    let pids = sandbox.zygote_pids().await;
+    assert!(!pids.is_empty());
+    for pid in &pids {
+        let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        assert!(killed.success());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..4 {
+        still_healthy(&sandbox).await;
+    }
+    let replaced = sandbox.zygote_pids().await;
+    assert!(replaced.iter().all(|pid| !pids.contains(pid)), "{pids:?} -> {replaced:?}");
+}

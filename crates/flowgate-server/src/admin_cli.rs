@@ -393,6 +393,12 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
             }
             None => tracing::info!("no models file (--models / FLOWGATE_MODELS): model nodes will fail until one is given"),
         }
+        // Only from the environment: it is a secret.
+        let sandbox_api_key = std::env::var("FLOWGATE_SANDBOX_API_KEY").ok().filter(|key| !key.trim().is_empty());
+        let code_setup = crate::code::code_setup(&code, sandbox_api_key.is_some()).await;
+        if sandbox_api_key.is_some() {
+            tracing::info!("serving dify-sandbox's API at /v1/sandbox/run (FLOWGATE_SANDBOX_API_KEY)");
+        }
         let ports = Ports {
             http: Some(Arc::new(egress)),
             model: gateway.clone().map(|gateway| {
@@ -400,11 +406,11 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
                     as Arc<dyn flowgate_engine::ports::ModelPort>
             }),
             files: Some(files),
-            code: Some(crate::code::code_port(&code).await),
+            code: Some(code_setup.port.clone()),
             ..Ports::default()
         };
         let state = match crate::service::ServerState::new(store.clone(), ports, instance_id.clone(), admin_token.as_deref()) {
-            Ok(state) => Arc::new(state.with_gateway(gateway)),
+            Ok(state) => Arc::new(state.with_gateway(gateway).with_sandbox_api(code_setup.local.clone(), sandbox_api_key.as_deref())),
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::from(FAILURE);

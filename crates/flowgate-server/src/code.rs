@@ -1,5 +1,6 @@
-//! The code port behind `serve` and `run`: the Python sandbox, configured from flags and the
-//! environment, with the protections it got logged at start.
+//! The code port behind `serve` and `run`: the local sandbox (Python and JavaScript), configured
+//! from flags and the environment with the protections it got logged at start, or an existing
+//! dify-sandbox.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use futures::future::BoxFuture;
 
 use flowgate_engine::ports::{CodeCall, CodePort, PortError, PortErrorKind};
 use flowgate_engine::value::Map;
-use flowgate_sandbox::{IsolationPolicy, Sandbox, SandboxConfig};
+use flowgate_sandbox::{DifySandbox, IsolationPolicy, Sandbox, SandboxConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CodeArgs {
@@ -32,6 +33,17 @@ pub struct CodeArgs {
     /// Let code open network connections (`true`). They bypass the SSRF guard HTTP nodes use.
     #[arg(long = "code-network", env = "FLOWGATE_CODE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
     pub network: bool,
+    /// Send code nodes to an existing dify-sandbox (e.g. `http://sandbox:8194`) instead of
+    /// running them here; its key comes from `CODE_EXECUTION_API_KEY` (Dify's default:
+    /// `dify-sandbox`).
+    #[arg(long = "code-endpoint", env = "CODE_EXECUTION_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+/// The code port, and the local sandbox behind it when code runs here.
+pub struct CodeSetup {
+    pub port: Arc<dyn CodePort>,
+    pub local: Option<Sandbox>,
 }
 
 /// Code nodes fail with this port's reason when the sandbox could not start.
@@ -44,8 +56,36 @@ impl CodePort for Unavailable {
     }
 }
 
+/// The code port: a remote dify-sandbox when `--code-endpoint` names one, else the local
+/// sandbox (also when `serve_api` needs it to serve dify-sandbox's API).
+pub async fn code_setup(args: &CodeArgs, serve_api: bool) -> CodeSetup {
+    let remote = match args.endpoint.as_deref().filter(|endpoint| !endpoint.trim().is_empty()) {
+        None => None,
+        Some(endpoint) => {
+            // Only from the environment, as Dify reads it.
+            let key = std::env::var("CODE_EXECUTION_API_KEY").unwrap_or_else(|_| "dify-sandbox".into());
+            match DifySandbox::new(endpoint, &key) {
+                Ok(remote) => {
+                    tracing::info!(endpoint, "code nodes run on the dify-sandbox at CODE_EXECUTION_ENDPOINT");
+                    Some(Arc::new(remote) as Arc<dyn CodePort>)
+                }
+                Err(error) => Some(Arc::new(Unavailable(format!("not available: code nodes: {error}"))) as Arc<dyn CodePort>),
+            }
+        }
+    };
+    if let (Some(port), false) = (&remote, serve_api) {
+        return CodeSetup { port: port.clone(), local: None };
+    }
+    let (local_port, local) = local_sandbox(args).await;
+    CodeSetup { port: remote.unwrap_or(local_port), local }
+}
+
 /// Starts the sandbox; when it cannot start, code nodes fail saying why and the rest serves on.
 pub async fn code_port(args: &CodeArgs) -> Arc<dyn CodePort> {
+    code_setup(args, false).await.port
+}
+
+async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) {
     let scratch = std::env::temp_dir().join(format!("flowgate-code-{}", std::process::id()));
     let mut config = SandboxConfig::new(scratch);
     config.python = args.python.clone();
@@ -72,11 +112,11 @@ pub async fn code_port(args: &CodeArgs) -> Arc<dyn CodePort> {
             if args.network {
                 tracing::warn!("code nodes may open network connections (FLOWGATE_CODE_NETWORK); they bypass the SSRF guard");
             }
-            Arc::new(sandbox)
+            (Arc::new(sandbox.clone()), Some(sandbox))
         }
         Err(error) => {
             tracing::warn!(%error, "code nodes will fail");
-            Arc::new(Unavailable(format!("not available: Python code nodes: {error}")))
+            (Arc::new(Unavailable(format!("not available: Python code nodes: {error}"))), None)
         }
     }
 }

@@ -7,6 +7,7 @@ mod conversations;
 mod files;
 mod launch;
 mod openai_api;
+mod sandbox_api;
 mod workflows;
 
 use std::collections::HashMap;
@@ -105,6 +106,8 @@ pub struct ServerState {
     gateway: Option<Arc<flowgate_models::Gateway>>,
     /// SHA-256 of each gateway key → its name.
     gateway_keys: HashMap<String, String>,
+    /// dify-sandbox's API, when `FLOWGATE_SANDBOX_API_KEY` is set.
+    sandbox_api: Option<sandbox_api::SandboxApi>,
 }
 
 /// Past this many unwritten run-log operations (about 64 MiB of encoded runs) new runs are
@@ -148,7 +151,15 @@ impl ServerState {
             admin_token_hash: admin_token.map(flowgate_store::token_hash),
             gateway: None,
             gateway_keys: HashMap::new(),
+            sandbox_api: None,
         })
+    }
+
+    /// Serves dify-sandbox's API from `sandbox` to callers with `key`.
+    pub fn with_sandbox_api(mut self, sandbox: Option<flowgate_sandbox::Sandbox>, key: Option<&str>) -> Self {
+        self.sandbox_api =
+            sandbox.zip(key).map(|(sandbox, key)| sandbox_api::SandboxApi { sandbox, key_hash: flowgate_store::token_hash(key) });
+        self
     }
 
     /// Serves the OpenAI-compatible endpoint through `gateway`, for the models file's keys.
@@ -414,6 +425,8 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/info", get(app_info::info))
         .route("/v1/site", get(app_info::site))
         .route("/v1/meta", get(app_info::meta))
+        .route("/v1/sandbox/run", post(sandbox_api::run))
+        .route("/v1/sandbox/dependencies", get(sandbox_api::dependencies))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/v1/embeddings", post(openai_api::embeddings))
         .route("/v1/models", get(openai_api::models))

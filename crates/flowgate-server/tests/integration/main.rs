@@ -14,6 +14,7 @@ mod harness;
 mod http_fixture;
 mod openai_sdk;
 mod operations;
+mod sandbox_api;
 mod sdk;
 mod serve;
 
