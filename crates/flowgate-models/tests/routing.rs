@@ -115,6 +115,15 @@ async fn a_stream_that_fails_before_its_first_token_falls_back_one_that_fails_af
         target(&a, "x", ""),
         target(&b, "x", "")
     ));
+    // Between two idle targets the choice is random: serve until `a` has been tried once (its
+    // stream fails before the first token and `b` answers instead), then `a` cools down and
+    // serves nothing more.
+    let mut streams = 0;
+    while a.requests_for("x") == 0 && streams < 64 {
+        let mut served = gateway.chat_stream("m", &ask("hi")).await.unwrap();
+        assert_eq!(served.value.next().await.unwrap().unwrap(), StreamEvent::Text("from ".into()));
+        streams += 1;
+    }
     for _ in 0..3 {
         let mut served = gateway.chat_stream("m", &ask("hi")).await.unwrap();
         assert_eq!(served.value.next().await.unwrap().unwrap(), StreamEvent::Text("from ".into()));
