@@ -139,8 +139,12 @@ async fn fork_bombs_memory_bombs_and_endless_loops_are_stopped() {
     let sandbox = sandbox("bombs").await;
     let (_, message) = run(&sandbox, "import os\ndef main():\n    while True:\n        os.fork()").await.unwrap_err();
     assert!(message.contains("PermissionError"), "{message}");
+    // Past the 768 MiB limit: one block at once, then blocks that pile up (large enough that the
+    // limit is reached in a few steps even on a loaded machine).
+    let (kind, message) = run(&sandbox, "def main():\n    return {'result': len(bytearray(2 * 1024 * 1024 * 1024))}").await.unwrap_err();
+    assert_eq!(kind, PortErrorKind::TooLarge, "{message}");
     let (kind, message) =
-        run(&sandbox, "def main():\n    blocks = []\n    while True:\n        blocks.append(bytearray(64 * 1024 * 1024))")
+        run(&sandbox, "def main():\n    blocks = []\n    while True:\n        blocks.append(bytearray(256 * 1024 * 1024))")
             .await
             .unwrap_err();
     assert_eq!(kind, PortErrorKind::TooLarge, "{message}");

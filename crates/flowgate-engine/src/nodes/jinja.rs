@@ -48,7 +48,7 @@ pub struct JinjaTemplate {
 impl JinjaTemplate {
     pub fn compile(source: &str) -> Self {
         let mut env = base_environment().clone();
-        let error = env.add_template_owned(TEMPLATE_NAME, source.to_owned()).err().map(describe);
+        let error = env.add_template_owned(TEMPLATE_NAME, normalize_newlines(source)).err().map(describe);
         Self { env, error }
     }
 
@@ -59,6 +59,12 @@ impl JinjaTemplate {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(describe)?;
         template.render(JinjaValue::from(minijinja::value::Serde(MapRef(variables)))).map_err(describe)
     }
+}
+
+/// Jinja2's lexer turns every `\r\n` and lone `\r` of a template into `\n` (its default
+/// `newline_sequence`); minijinja keeps them as written.
+fn normalize_newlines(source: &str) -> String {
+    if source.contains('\r') { source.replace("\r\n", "\n").replace('\r', "\n") } else { source.to_owned() }
 }
 
 fn describe(error: Error) -> String {
@@ -139,6 +145,12 @@ mod tests {
 
     fn render(source: &str, variables: Map) -> String {
         JinjaTemplate::compile(source).render(&variables).unwrap()
+    }
+
+    // Jinja2: `Template("a\r\nb\rc{{ x }}").render(x="\r\n")` is "a\nb\nc\r\n" (values keep theirs).
+    #[test]
+    fn template_newlines_are_normalised_as_jinja2_does() {
+        assert_eq!(render("a\r\nb\rc{{ x }}", map_of([("x", Value::str("\r\n"))])), "a\nb\nc\r\n");
     }
 
     #[test]
