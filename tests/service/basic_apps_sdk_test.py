@@ -3,7 +3,7 @@ with Dify's official Python SDK (`dify-client` 0.1.10), unchanged. The model beh
 repository's mock upstream; FLOWGATE_REPLIES lists, in order, what it was scripted to answer.
 The Rust test that runs this checks what reached the model.
 
-Environment: FLOWGATE_URL, FLOWGATE_KEYS (JSON: chat, transcript, expert, completion),
+Environment: FLOWGATE_URL, FLOWGATE_KEYS (JSON: chat, transcript, expert, completion, agent),
 FLOWGATE_REPLIES (JSON list).
 """
 
@@ -90,6 +90,22 @@ def main():
     assert "conversation_id" not in answer, answer
     events = stream_events(completion.create_completion_message({"lang": "French", "text": "bye"}, "streaming", USER))
     check_stream(events, REPLIES[6], None)
+    agent = client(ChatClient, KEYS["agent"])
+    events = stream_events(agent.create_chat_message({"topic": "Rust"}, "Hi agent", USER, "streaming"))
+    # One round without tools: an empty thought, the answer as agent_message, the thought
+    # holding the answer, then the end (Dify's function-calling agent runner).
+    assert [event["event"] for event in events[:1]] == ["agent_thought"], events
+    assert events[0]["thought"] == "" and events[0]["position"] == 1, events[0]
+    assert {event["event"] for event in events[1:-2]} == {"agent_message"}, events
+    assert "".join(event["answer"] for event in events if event["event"] == "agent_message") == REPLIES[7]
+    assert events[-2]["event"] == "agent_thought" and events[-2]["id"] == events[0]["id"], events[-2]
+    assert events[-2]["thought"] == REPLIES[7] and events[-2]["tool"] == "", events[-2]
+    assert events[-1]["event"] == "message_end", events[-1]
+    conversation_id = events[-1]["conversation_id"]
+    assert all(event["conversation_id"] == conversation_id for event in events), events
+    answer = check_blocking(agent.create_chat_message({}, "And again", USER, conversation_id=conversation_id), REPLIES[8], "agent-chat")
+    assert answer["conversation_id"] == conversation_id
+
     on_chat_route = completion._send_request("POST", "/chat-messages", {"inputs": {}, "query": "x", "user": USER})
     assert on_chat_route.status_code == 400 and on_chat_route.json()["code"] == "not_chat_app", on_chat_route.text
     print("basic app checks passed")

@@ -194,11 +194,11 @@ fn note_unsupported(mode: AppMode, config: &Map<String, Value>, unsupported: &mu
     if enabled(config, "sensitive_word_avoidance") {
         unsupported.push("content moderation (model_config.sensitive_word_avoidance)".into());
     }
-    if mode == AppMode::AgentChat {
-        if has_items(&["agent_mode", "tools"]) {
-            unsupported.push("agent tools (model_config.agent_mode.tools)".into());
-        } else {
-            unsupported.push("agent-chat apps (agent thoughts and the agent loop)".into());
-        }
+    // Dify's agent config skips tools that are not enabled.
+    let enabled_tools = lookup(config, &["agent_mode", "tools"])
+        .and_then(Value::as_array)
+        .is_some_and(|tools| tools.iter().any(|tool| tool.get("enabled").and_then(Value::as_bool).unwrap_or(false)));
+    if mode == AppMode::AgentChat && enabled_tools {
+        unsupported.push("agent tools (model_config.agent_mode.tools)".into());
     }
 }

@@ -279,7 +279,7 @@ fn basic_editor_app_problems_name_the_model_config_field() {
     assert!(fields.contains(&"model_config.model".to_owned()), "{errors:?}");
 
     let agent = Document::load(
-        "app: {mode: agent-chat, name: x}\nmodel_config:\n  model: {provider: openai, name: gpt-4o}\n  agent_mode: {enabled: true, tools: [{tool_name: search}]}\n",
+        "app: {mode: agent-chat, name: x}\nmodel_config:\n  model: {provider: openai, name: gpt-4o}\n  agent_mode: {enabled: true, tools: [{tool_name: search, enabled: true}]}\n",
     )
     .unwrap();
     let warnings: Vec<_> = agent.diagnostics().into_iter().map(|diagnostic| diagnostic.message).collect();

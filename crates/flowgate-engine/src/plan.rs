@@ -145,7 +145,7 @@ impl Plan {
         for (index, node) in graph.nodes.iter().enumerate() {
             let mut kind = nodes::compile(node, &resolver, graph, &ids);
             if let (NodeKind::Llm(llm), Some(prompt)) = (&mut kind, &workflow.app_prompt) {
-                llm.use_app_prompt(prompt.clone(), resolver.slot_of("start"));
+                llm.use_app_prompt(prompt.clone(), resolver.slot_of("start"), document.app.mode == AppMode::AgentChat);
             }
             let exec = match (&node.data, node.error_strategy) {
                 (NodeData::Start(_), _) => ExecType::Root,

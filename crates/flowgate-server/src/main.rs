@@ -329,7 +329,11 @@ fn run(path: &PathBuf, options: RunOptions) -> ExitCode {
     let envelope = match (mode, &request.conversation_id) {
         (AppMode::Workflow, _) => Envelope::Workflow,
         (AppMode::AdvancedChat, Some(conversation_id)) => Envelope::Chat { conversation_id: conversation_id.clone(), message_id },
-        (_, conversation_id) => Envelope::Message { conversation_id: conversation_id.clone(), message_id },
+        (mode, conversation_id) => Envelope::Message {
+            conversation_id: conversation_id.clone(),
+            message_id,
+            agent_thought: (mode == AppMode::AgentChat).then(|| uuid::Uuid::new_v4().to_string()),
+        },
     };
     let wire =
         WireContext { task_id: uuid::Uuid::new_v4().to_string(), run_id, user: options.user, end_user_id: "cli-user".into(), envelope };

@@ -18,10 +18,13 @@ pub enum Envelope {
         message_id: String,
     },
     /// Basic-editor apps (chat: with a conversation; completion: without) stream only
-    /// `message` and `message_end`: their graph is flowgate's, not the user's.
+    /// `message` and `message_end`: their graph is flowgate's, not the user's. An agent app
+    /// (`agent_thought` = its one thought's id) streams `agent_message` between two
+    /// `agent_thought` events instead.
     Message {
         conversation_id: Option<String>,
         message_id: String,
+        agent_thought: Option<String>,
     },
 }
 
@@ -58,7 +61,7 @@ impl WireContext {
                 object.insert("task_id".into(), self.task_id.clone().into());
                 object.insert("workflow_run_id".into(), self.run_id.clone().into());
             }
-            Envelope::Message { conversation_id, message_id } => {
+            Envelope::Message { conversation_id, message_id, .. } => {
                 if let Some(conversation_id) = conversation_id {
                     object.insert("conversation_id".into(), conversation_id.clone().into());
                 }
@@ -68,6 +71,22 @@ impl WireContext {
             }
         }
         object
+    }
+
+    /// An agent app's thought (Dify's `AgentThoughtStreamResponse`): announced empty before the
+    /// answer streams, and again with the answer as its thought when the model is done. Without
+    /// tools there is one thought and nothing observed.
+    fn agent_thought(&self, id: &str, thought: &str, created_at: i64) -> Bytes {
+        let mut object = self.envelope("agent_thought", created_at);
+        object.insert("id".into(), id.into());
+        object.insert("position".into(), 1.into());
+        object.insert("thought".into(), thought.into());
+        object.insert("observation".into(), "".into());
+        object.insert("tool".into(), "".into());
+        object.insert("tool_labels".into(), json!({}));
+        object.insert("tool_input".into(), "".into());
+        object.insert("message_files".into(), json!([]));
+        json_bytes(&Json::Object(object))
     }
 
     /// The closing `message_end` of a chat or basic-editor app's turn.
@@ -104,15 +123,20 @@ impl WireContext {
     /// run — two. The frequent events are written straight from the run's values; building a
     /// JSON tree first and printing it cost more than running the nodes.
     pub fn encode(&self, event: &RunEvent) -> Vec<Bytes> {
-        if let Envelope::Message { message_id, .. } = &self.envelope {
-            return match event {
-                RunEvent::TextChunk { text, .. } => {
-                    let mut object = self.envelope("message", now());
+        if let Envelope::Message { message_id, agent_thought, .. } = &self.envelope {
+            return match (event, agent_thought) {
+                (RunEvent::WorkflowStarted { created_at, .. }, Some(thought)) => vec![self.agent_thought(thought, "", *created_at)],
+                (RunEvent::TextChunk { text, .. }, _) => {
+                    let kind = if agent_thought.is_some() { "agent_message" } else { "message" };
+                    let mut object = self.envelope(kind, now());
                     object.insert("id".into(), message_id.clone().into());
                     object.insert("answer".into(), text.clone().into());
                     vec![json_bytes(&Json::Object(object))]
                 }
-                RunEvent::WorkflowFinished(summary) => vec![self.message_end(message_id, summary)],
+                (RunEvent::WorkflowFinished(summary), Some(thought)) => {
+                    vec![self.agent_thought(thought, &summary.answer, summary.finished_at), self.message_end(message_id, summary)]
+                }
+                (RunEvent::WorkflowFinished(summary), None) => vec![self.message_end(message_id, summary)],
                 _ => Vec::new(),
             };
         }
@@ -241,7 +265,7 @@ impl<D: Serialize> Serialize for Frame<'_, D> {
                 map.serialize_entry("workflow_run_id", &self.wire.run_id)?;
             }
             // Basic-editor apps send no workflow events; written for completeness.
-            Envelope::Message { conversation_id, message_id } => {
+            Envelope::Message { conversation_id, message_id, .. } => {
                 if let Some(conversation_id) = conversation_id {
                     map.serialize_entry("conversation_id", conversation_id)?;
                 }

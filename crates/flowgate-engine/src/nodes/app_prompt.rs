@@ -27,6 +27,8 @@ pub struct AppPromptRules {
     prompt: AppPrompt,
     chat_model: bool,
     inputs: Slot,
+    /// Agent apps (function calling) send the model's own stop words.
+    agent: bool,
 }
 
 /// The messages to send, and the stop words when the rules replace the model's own.
@@ -36,8 +38,8 @@ pub struct BuiltPrompt {
 }
 
 impl AppPromptRules {
-    pub fn new(prompt: AppPrompt, chat_model: bool, inputs: Slot) -> Self {
-        Self { prompt, chat_model, inputs }
+    pub fn new(prompt: AppPrompt, chat_model: bool, inputs: Slot, agent: bool) -> Self {
+        Self { prompt, chat_model, inputs, agent }
     }
 
     /// `conversation` is whether the turn continues a conversation: Dify reads memory (and
@@ -67,8 +69,8 @@ impl AppPromptRules {
                 }
                 push_turns(&mut messages, history);
                 messages.push(message("user", if query.is_empty() { prompt } else { query }, files));
-                // Dify sends no stop words here, not even the model's.
-                BuiltPrompt { messages, stop: Some(Vec::new()) }
+                // A chat app sends no stop words here, not even the model's; an agent app does.
+                BuiltPrompt { messages, stop: if self.agent { None } else { Some(Vec::new()) } }
             }
             (AppPrompt::Simple { pre_prompt }, false) => {
                 let mut template = if pre_prompt.is_empty() { String::new() } else { format!("{pre_prompt}\n") };

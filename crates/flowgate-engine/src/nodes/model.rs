@@ -165,9 +165,9 @@ impl LlmNode {
     }
 
     /// Builds the prompt with a chat app's rules instead of the template; `inputs` holds the
-    /// app's inputs (the start node's outputs).
-    pub fn use_app_prompt(&mut self, prompt: AppPrompt, inputs: Slot) {
-        self.app_prompt = Some(AppPromptRules::new(prompt, self.model.mode != "completion", inputs));
+    /// app's inputs (the start node's outputs). An agent app keeps the model's stop words.
+    pub fn use_app_prompt(&mut self, prompt: AppPrompt, inputs: Slot, agent: bool) {
+        self.app_prompt = Some(AppPromptRules::new(prompt, self.model.mode != "completion", inputs, agent));
     }
 
     /// How many earlier turns the node reads, when it has memory.

@@ -168,9 +168,13 @@ async fn send_message(
         user: user.clone(),
         end_user_id: end_user_id.clone(),
         envelope: match (route, app.mode.as_str()) {
-            (Route::Completion, _) => Envelope::Message { conversation_id: None, message_id: message_id.clone() },
+            (Route::Completion, _) => Envelope::Message { conversation_id: None, message_id: message_id.clone(), agent_thought: None },
             (Route::Chat, "advanced-chat") => Envelope::Chat { conversation_id: conversation.id.clone(), message_id: message_id.clone() },
-            (Route::Chat, _) => Envelope::Message { conversation_id: Some(conversation.id.clone()), message_id: message_id.clone() },
+            (Route::Chat, mode) => Envelope::Message {
+                conversation_id: Some(conversation.id.clone()),
+                message_id: message_id.clone(),
+                agent_thought: (mode == "agent-chat").then(flowgate_store::new_id),
+            },
         },
     };
     let request = RunRequest {

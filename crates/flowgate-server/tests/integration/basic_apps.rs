@@ -1,4 +1,4 @@
-//! The basic editor's apps (modes `chat` and `completion`, which carry a `model_config` and no
+//! The basic editor's apps (modes `chat`, `agent-chat` and `completion`, which carry a `model_config` and no
 //! graph) served through `flowgate serve --models` in front of the mock upstream and driven by
 //! Dify's official SDK. The prompts that reach the model are checked against Dify's rules:
 //! `SimplePromptTransform` and `AdvancedPromptTransform` for chat apps (with the
@@ -12,7 +12,17 @@ use serde_json::json;
 
 use crate::harness::{Deployment, repo_root};
 
-const REPLIES: [&str; 7] = ["Arr, ahoy.", "Buried deep.", "Hello.", "Hello again.", "Bonjour to you.", "Bonjour", "Au revoir, mon ami"];
+const REPLIES: [&str; 9] = [
+    "Arr, ahoy.",
+    "Buried deep.",
+    "Hello.",
+    "Hello again.",
+    "Bonjour to you.",
+    "Bonjour",
+    "Au revoir, mon ami",
+    "Happy to help with Rust.",
+    "Still here.",
+];
 
 #[test]
 fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
@@ -38,6 +48,7 @@ fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
         "transcript": key("chat-completion-model.yml"),
         "expert": key("chat-advanced.yml"),
         "completion": key("completion.yml"),
+        "agent": key("agent.yml"),
     });
     let server = deployment.serve(&["--models", models_file.to_str().unwrap()]);
     let python = crate::sdk::sdk_python("official");
@@ -104,6 +115,18 @@ fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
     assert_eq!(messages(5), json!([{"role": "user", "content": "Translate to French: hello\n"}]));
     assert_eq!(received[5]["max_tokens"], 64);
     assert_eq!(messages(6), json!([{"role": "user", "content": "Translate to French: bye\n"}]));
+
+    // Agent app, function calling, its tool switched off: the chat app's prompt (the rendered
+    // system prompt, the query), but the model's own stop words; the next turn carries the
+    // conversation (the query, and the answer the agent thought).
+    let system = json!({"role": "system", "content": "You help with Rust.\n"});
+    assert_eq!(messages(7), json!([system, {"role": "user", "content": "Hi agent"}]));
+    assert_eq!(stop(7), Some(json!(["END"])));
+    assert_eq!(received[7].get("tools"), None, "no tools are offered");
+    assert_eq!(
+        messages(8),
+        json!([system, {"role": "user", "content": "Hi agent"}, {"role": "assistant", "content": REPLIES[7]}, {"role": "user", "content": "And again"}])
+    );
 }
 
 /// An app using what flowgate cannot run yet imports with a warning and is refused when run,
