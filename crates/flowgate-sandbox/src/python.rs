@@ -82,9 +82,13 @@ impl Zygote {
             return Err(start_error("no pipes to the zygote".into()));
         };
         let mut zygote = Self { child, stdin, stdout };
+        // The limits of the first child, which the zygote forks before any request comes.
         let setup = json!({
             "scratch": config.scratch,
             "max_file_bytes": config.max_file_bytes,
+            "network": config.network,
+            "timeout_ms": config.timeout.as_millis() as u64,
+            "memory_bytes": config.memory_bytes,
         });
         let hello = tokio::time::timeout(START_TIMEOUT, async {
             zygote.write_frame(&setup).await?;

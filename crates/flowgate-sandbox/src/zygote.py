@@ -3,7 +3,8 @@
 The server starts it with an empty environment and talks to it over stdin/stdout in frames (a
 4-byte big-endian length, then UTF-8 JSON). The first frame configures it; it answers with the
 protections this kernel offers. Then each request frame runs one `main(**inputs)` in a fresh
-child and gets one response frame. The zygote itself never runs user code, so no execution can
+child and gets one response frame. The child for the next request is forked and locked down
+while the zygote waits for it, so neither cost falls on the request. The zygote itself never runs user code, so no execution can
 see another's data.
 
 In the child, before user code: a new session, stdio to /dev/null, a private scratch directory,
@@ -24,18 +25,23 @@ import sys
 import time
 import traceback
 
-# What Dify's sandbox offers, imported once here so children start warm.
+# What Dify's sandbox offers, imported once (in `main`) so children start warm.
 PRELOAD = [
     "base64", "binascii", "bisect", "calendar", "collections", "copy", "csv", "dataclasses", "datetime",
     "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq", "hmac", "html", "io",
     "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "textwrap", "time",
-    "typing", "unicodedata", "urllib.parse", "uuid", "zoneinfo", "jinja2", "requests", "httpx",
+    "typing", "unicodedata", "urllib.parse", "uuid", "zoneinfo", "jinja2",
 ]
-for _name in PRELOAD:
-    try:
-        __import__(_name)
-    except Exception:  # not installed here: user code importing it gets ImportError
-        pass
+# HTTP clients only help code that may open sockets; they add ~9 MiB to every fork otherwise.
+PRELOAD_WITH_NETWORK = ["requests", "httpx"]
+
+
+def preload(names):
+    for name in names:
+        try:
+            __import__(name)
+        except Exception:  # not installed here: user code importing it gets ImportError
+            pass
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
@@ -108,9 +114,13 @@ RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 
 
-def seccomp_program(network, pid):
-    """A classic BPF filter over seccomp_data (nr at 0, arch at 4, args[i] at 16 + 8 * i)."""
-    program = []
+PID_PLACEHOLDER = 0
+
+
+def seccomp_program(network):
+    """A classic BPF filter over seccomp_data (nr at 0, arch at 4, args[i] at 16 + 8 * i), and
+    the offsets of the instructions that compare with this process's pid (filled in after fork)."""
+    program, pid_slots = [], []
 
     def op(code, k, jt=0, jf=0):
         program.append((code, jt, jf, k))
@@ -137,13 +147,18 @@ def seccomp_program(network, pid):
     for number, zero_ok in ((SYS_KILL, True), (SYS_TGKILL, False), (SYS_TKILL, False)):
         op(BPF_JEQ_K, number, 0, 5 if zero_ok else 4)
         op(BPF_LD_W_ABS, 16)
-        op(BPF_JEQ_K, pid, 2 if zero_ok else 1, 0)
+        pid_slots.append(len(program) * 8 + 4)
+        op(BPF_JEQ_K, PID_PLACEHOLDER, 2 if zero_ok else 1, 0)
         if zero_ok:
             op(BPF_JEQ_K, 0, 1, 0)
         op(BPF_RET_K, RET_ERRNO | EPERM)
         op(BPF_RET_K, RET_ALLOW)
     op(BPF_RET_K, RET_ALLOW)
-    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program)
+    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program), pid_slots
+
+
+# Assembled once; a child only writes its pid into them.
+SECCOMP_PROGRAMS = {network: seccomp_program(network) for network in (False, True)}
 
 
 class SockFprog(ctypes.Structure):
@@ -151,8 +166,10 @@ class SockFprog(ctypes.Structure):
 
 
 def install_seccomp(network):
-    program = seccomp_program(network, os.getpid())
+    program, pid_slots = SECCOMP_PROGRAMS[network]
     buffer = ctypes.create_string_buffer(program, len(program))
+    for offset in pid_slots:
+        struct.pack_into("<I", buffer, offset, os.getpid())
     fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter refused")
@@ -260,58 +277,65 @@ class CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def drop_privileges(scratch):
+def privilege_plan():
     """Root becomes nobody when the interpreter stays readable; otherwise it keeps uid 0 and
     loses every capability (so file permissions bind it as they bind any user)."""
     if os.geteuid() != 0:
         return "not root"
     if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))):
+        return "uid 65534"
+    return "capabilities"
+
+
+def drop_privileges(plan, scratch):
+    if plan == "uid 65534":
         os.chown(scratch, NOBODY, NOBODY)
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
-        return "uid 65534"
-    for capability in range(64):
-        LIBC.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP
-    header = CapHeader(0x20080522, 0)
-    data = (CapData * 2)()
-    if LIBC.syscall(SYS_CAPSET, ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "dropping capabilities refused")
-    return "capabilities"
+    elif plan == "capabilities":
+        # Emptying every set is enough: exec is refused, so no capability can come back.
+        header = CapHeader(0x20080522, 0)
+        data = (CapData * 2)()
+        if LIBC.syscall(SYS_CAPSET, ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "dropping capabilities refused")
 
 
 # --- one execution --------------------------------------------------------------------------
 
 
-def lock_down(config, request, scratch, abi, result_fd):
+def lock_down(config, limits, scratch, abi, keep):
     os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    # Nothing of the zygote's stays open but the result pipe.
-    os.closerange(3, result_fd)
-    os.closerange(result_fd + 1, 1 << 16)
+    # Nothing of the zygote's stays open but this child's two pipes.
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
     os.chdir(scratch)
     os.environ.clear()
     os.environ.update({"HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
-    seconds = max(1, -(-request["timeout_ms"] // 1000))
-    limits = [
+    seconds = max(1, -(-limits["timeout_ms"] // 1000))
+    rlimits = [
         (resource.RLIMIT_CPU, (seconds, seconds + 1)),
-        (resource.RLIMIT_AS, (request["memory_bytes"], request["memory_bytes"])),
+        (resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"])),
         (resource.RLIMIT_FSIZE, (config["max_file_bytes"], config["max_file_bytes"])),
         (resource.RLIMIT_NOFILE, (64, 64)),
         (resource.RLIMIT_CORE, (0, 0)),
     ]
-    for kind, value in limits:
+    for kind, value in rlimits:
         resource.setrlimit(kind, value)
-    drop_privileges(scratch)
+    drop_privileges(config["privileges"], scratch)
     if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs refused")
     if abi:
-        install_landlock(abi, config["read_paths"], [scratch, "/dev/null"], request["network"])
+        install_landlock(abi, config["read_paths"], [scratch, "/dev/null"], limits["network"])
     if config["seccomp"]:
-        install_seccomp(request["network"])
+        install_seccomp(limits["network"])
 
 
 def user_traceback(error):
@@ -322,14 +346,35 @@ def user_traceback(error):
     return "".join(traceback.format_exception(type(error), error, trace)).rstrip("\n")
 
 
-def child(config, request, scratch, abi, result_fd):
+def read_request(fd):
+    """The request a waiting child is sent: a 4-byte big-endian length, then JSON."""
+    def exact(size):
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.read(fd, size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return bytes(data)
+
+    (size,) = struct.unpack(">I", exact(4))
+    return json.loads(exact(size))
+
+
+def child(config, limits, scratch, abi, request_fd, result_fd):
+    """Locks down, then waits for its one request (the zygote forks it ahead of time)."""
     status = 0
     try:
         try:
-            lock_down(config, request, scratch, abi, result_fd)
+            lock_down(config, limits, scratch, abi, (request_fd, result_fd))
         except Exception as error:
             os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
             os._exit(3)
+        try:
+            request = read_request(request_fd)
+        except EOFError:
+            os._exit(0)
+        os.close(request_fd)
         if request.get("mode") == "script":
             run_script(request, result_fd)
         inputs = request["inputs"]
@@ -350,6 +395,8 @@ def child(config, request, scratch, abi, result_fd):
         while view:
             written = os.write(result_fd, view)
             view = view[written:]
+        # The zygote answers at end of file; tearing this process down can happen after.
+        os.close(result_fd)
     except BaseException:
         status = 4
     os._exit(status)
@@ -400,6 +447,7 @@ def run_script(request, result_fd):
     while payload:
         written = os.write(result_fd, payload)
         payload = payload[written:]
+    os.close(result_fd)
     os._exit(0)
 
 
@@ -421,16 +469,67 @@ def remove_tree(path):
         pass
 
 
-def run(config, request, abi, counter):
-    scratch = os.path.join(config["scratch"], f"x{os.getpid()}-{counter}")
-    os.mkdir(scratch, 0o700)
-    read_end, write_end = os.pipe()
+def limits_of(request):
+    return {"timeout_ms": request["timeout_ms"], "memory_bytes": request["memory_bytes"], "network": request["network"]}
+
+
+class Waiting:
+    """A child forked and locked down before its request arrives, so a request pays for
+    neither; it has run nothing and sees nothing but its scratch directory."""
+
+    def __init__(self, config, limits, abi, counter):
+        self.limits = limits
+        self.scratch = os.path.join(config["scratch"], f"x{os.getpid()}-{counter}")
+        os.mkdir(self.scratch, 0o700)
+        request_read, self.request_fd = os.pipe()
+        self.result_fd, result_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.request_fd)
+            os.close(self.result_fd)
+            child(config, limits, self.scratch, abi, request_read, result_write)
+        os.close(request_read)
+        os.close(result_write)
+
+    def discard(self):
+        for fd in (self.request_fd, self.result_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        remove_tree(self.scratch)
+
+
+def send(waiting, request):
+    data = json.dumps(request).encode("utf-8")
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    while view:
+        written = os.write(waiting.request_fd, view)
+        view = view[written:]
+    os.close(waiting.request_fd)
+    waiting.request_fd = -1
+
+
+def reap(exited):
+    """Reaps the children that reported before exiting, and removes their scratch directories:
+    after the answer is sent, so their teardown does not delay it."""
+    while exited:
+        pid, scratch = exited.pop()
+        os.waitpid(pid, 0)
+        remove_tree(scratch)
+
+
+def run(waiting, request, later):
+    """Hands `request` to the waiting child and collects its result within the deadline. A
+    child that reported a result is reaped after the answer is sent (`later`)."""
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        child(config, request, scratch, abi, write_end)
-    os.close(write_end)
+    send(waiting, request)
+    read_end, pid, scratch = waiting.result_fd, waiting.pid, waiting.scratch
     deadline = started + request["timeout_ms"] / 1000
     chunks, size, outcome = [], 0, None
     try:
@@ -457,13 +556,17 @@ def run(config, request, abi, counter):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _, status = os.waitpid(pid, 0)
-        remove_tree(scratch)
-    elapsed_ms = (time.monotonic() - started) * 1000
-    if outcome is not None:
-        return {**outcome, "elapsed_ms": elapsed_ms}
     payload = b"".join(chunks)
     kind, body = payload[:1], payload[1:].decode("utf-8", "replace")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if outcome is None and kind in (b"R", b"P", b"E", b"M", b"S"):
+        later.append((pid, scratch))
+        status = 0
+    else:
+        _, status = os.waitpid(pid, 0)
+        remove_tree(scratch)
+    if outcome is not None:
+        return {**outcome, "elapsed_ms": elapsed_ms}
     if kind == b"R":
         return {"ok": body, "elapsed_ms": elapsed_ms}
     if kind == b"P":
@@ -483,35 +586,52 @@ def run(config, request, abi, counter):
 
 def main():
     config = read_frame()
+    preload(PRELOAD + (PRELOAD_WITH_NETWORK if config.get("network") else []))
     config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("extra_read_paths", [])
+    config["privileges"] = privilege_plan()
     abi = landlock_abi() if config.get("landlock", True) else 0
     config["seccomp"] = config.get("seccomp", True) and seccomp_available()
     probe_dir = os.path.join(config["scratch"], f"probe{os.getpid()}")
     os.makedirs(probe_dir, exist_ok=True)
     os.rmdir(probe_dir)
-    privileges = "not root" if os.geteuid() != 0 else (
-        "uid 65534" if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))) else "capabilities"
-    )
     write_frame({
         "ready": True,
         "python": sys.version.split()[0],
         "landlock_abi": abi,
         "seccomp": config["seccomp"],
-        "privileges": privileges,
+        "privileges": config["privileges"],
     })
     gc.freeze()
-    counter = 0
+    counter = 1
+    limits = limits_of(config)
+    waiting = Waiting(config, limits, abi, counter)
+    later = []
     while True:
         try:
             request = read_frame()
         except EOFError:
+            waiting.discard()
+            reap(later)
             return
-        counter += 1
         try:
-            response = run(config, request, abi, counter)
+            if limits_of(request) != waiting.limits:
+                waiting.discard()
+                counter += 1
+                waiting = Waiting(config, limits_of(request), abi, counter)
+            try:
+                response = run(waiting, request, later)
+            except BrokenPipeError:
+                # The waiting child died before its request (killed from outside): a fresh one.
+                waiting.discard()
+                counter += 1
+                waiting = Waiting(config, limits_of(request), abi, counter)
+                response = run(waiting, request, later)
         except Exception as error:
             response = {"error": "sandbox", "message": f"the sandbox failed: {error}", "elapsed_ms": 0}
         write_frame(response)
+        reap(later)
+        counter += 1
+        waiting = Waiting(config, limits_of(request), abi, counter)
 
 
 if __name__ == "__main__":
