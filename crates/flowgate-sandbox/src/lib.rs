@@ -61,6 +61,10 @@ pub struct SandboxConfig {
     /// Where executions' private scratch directories are made.
     pub scratch: PathBuf,
     pub isolation: IsolationPolicy,
+    /// Use seccomp / landlock when the kernel offers them. Turning one off is for a kernel whose
+    /// implementation misbehaves; [`IsolationPolicy::Required`] then refuses to run code.
+    pub seccomp: bool,
+    pub landlock: bool,
 }
 
 impl SandboxConfig {
@@ -74,6 +78,8 @@ impl SandboxConfig {
             network: false,
             scratch,
             isolation: IsolationPolicy::BestEffort,
+            seccomp: true,
+            landlock: true,
         }
     }
 }

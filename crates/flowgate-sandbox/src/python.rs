@@ -89,6 +89,8 @@ impl Zygote {
             "network": config.network,
             "timeout_ms": config.timeout.as_millis() as u64,
             "memory_bytes": config.memory_bytes,
+            "seccomp": config.seccomp,
+            "landlock": config.landlock,
         });
         let hello = tokio::time::timeout(START_TIMEOUT, async {
             zygote.write_frame(&setup).await?;

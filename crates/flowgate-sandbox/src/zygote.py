@@ -326,6 +326,8 @@ def lock_down(config, limits, scratch, abi, keep):
         (resource.RLIMIT_FSIZE, (config["max_file_bytes"], config["max_file_bytes"])),
         (resource.RLIMIT_NOFILE, (64, 64)),
         (resource.RLIMIT_CORE, (0, 0)),
+        # Threads only (new processes are refused by seccomp); root's uid is exempt from it.
+        (resource.RLIMIT_NPROC, (128, 128)),
     ]
     for kind, value in rlimits:
         resource.setrlimit(kind, value)

@@ -240,3 +240,24 @@ async fn a_zygote_that_dies_is_replaced() {
     let replaced = sandbox.zygote_pids().await;
     assert!(replaced.iter().all(|pid| !pids.contains(pid)), "{pids:?} -> {replaced:?}");
 }
+
+#[tokio::test]
+async fn required_isolation_refuses_a_sandbox_without_seccomp_or_landlock() {
+    let scratch = |tag: &str| std::env::temp_dir().join(format!("flowgate-sandbox-test-{tag}-{}", std::process::id()));
+    let mut config = SandboxConfig::new(scratch("required"));
+    config.seccomp = false;
+    config.isolation = flowgate_sandbox::IsolationPolicy::Required;
+    let error = Sandbox::start(config).await.err().expect("refused");
+    assert_eq!(error.to_string(), "not running code: the sandbox lacks seccomp, and FLOWGATE_CODE_ISOLATION=required");
+
+    // Best effort runs without it and says so; landlock is then what keeps files out of reach.
+    let mut config = SandboxConfig::new(scratch("best-effort"));
+    config.landlock = false;
+    let sandbox = Sandbox::start(config).await.unwrap();
+    assert_eq!(sandbox.protections().missing(), vec!["landlock"]);
+    assert!(sandbox.protections().describe().contains("landlock OFF"), "{}", sandbox.protections().describe());
+    let code = "def main():\n    return {'result': open('/etc/hostname').read() is not None}";
+    assert_eq!(output(&sandbox, code).await, Value::Bool(true), "without landlock the file is readable");
+    let guarded = self::sandbox("guarded").await;
+    assert!(run(&guarded, code).await.is_err(), "with landlock it is not");
+}
