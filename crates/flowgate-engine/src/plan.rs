@@ -247,6 +247,7 @@ impl Plan {
             .iter()
             .filter_map(|node| match &node.kind {
                 NodeKind::Llm(llm) => llm.memory_turns(),
+                NodeKind::QuestionClassifier(classifier) => classifier.memory_turns(),
                 _ => None,
             })
             .max()

@@ -7,6 +7,7 @@ mod aggregator;
 mod answer;
 mod app_prompt;
 mod assigner;
+mod classifier_prompt;
 mod code;
 pub mod containers;
 mod document;

@@ -7,6 +7,7 @@ use flowgate_dsl::AppPrompt;
 use flowgate_dsl::nodes::{ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData};
 
 use super::app_prompt::{self, AppPromptRules};
+use super::classifier_prompt;
 use super::jinja::JinjaTemplate;
 use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
 use crate::plan::SelectorResolver;
@@ -111,6 +112,14 @@ fn memory_turns(memory: Option<&serde_json::Value>) -> usize {
         (true, Some(size)) => (size as usize).min(MEMORY_TURNS_UNWINDOWED),
         _ => MEMORY_TURNS_UNWINDOWED,
     }
+}
+
+/// The classifier reads `memory.window.size` turns whether or not the window is switched on
+/// (graphon passes the size as the message limit), else TokenBufferMemory's 500.
+fn classifier_memory_turns(memory: Option<&serde_json::Value>) -> Option<usize> {
+    let memory = memory.filter(|memory| memory.is_object())?;
+    let size = memory.pointer("/window/size").and_then(serde_json::Value::as_u64).filter(|size| *size > 0);
+    Some(size.map_or(MEMORY_TURNS_UNWINDOWED, |size| (size as usize).min(MEMORY_TURNS_UNWINDOWED)))
 }
 
 /// Dify's `query_prompt_template` of a node with memory; empty means the user's query itself.
@@ -346,6 +355,8 @@ pub struct QuestionClassifierNode {
     query: Selector,
     classes: Vec<Class>,
     instruction: TextTemplate,
+    /// With memory on, how many earlier turns the prompt's histories hold.
+    memory_turns: Option<usize>,
 }
 
 impl QuestionClassifierNode {
@@ -364,7 +375,12 @@ impl QuestionClassifierNode {
                 })
                 .collect(),
             instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
+            memory_turns: classifier_memory_turns(data.memory.as_ref()),
         }
+    }
+
+    pub fn memory_turns(&self) -> Option<usize> {
+        self.memory_turns
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
@@ -384,18 +400,16 @@ impl QuestionClassifierNode {
                 Value::object(map_of([("category_id", Value::Str(id.clone())), ("category_name", Value::from(name.clone()))]))
             })
             .collect();
-        let system = format!(
-            "### Job Description\nYou are a text classification engine that analyzes text data and assigns categories based on user input or automatically determined categories.\n### Task\nYour task is to assign one category ONLY to the input text and only one category may be assigned returned in the output. Additionally, you need to extract the key words from the text that are related to the classification.\n### Format\nThe input text is in the variable input_text. Categories are specified as a category list with two filed category_id and category_name in the variable categories. Classification instructions may be included to improve the classification accuracy.\n### Constraint\nDO NOT include anything other than the JSON array in your response.\n### Categories\n{}\n### Classification instructions\n{instruction}",
-            crate::pyfmt::json_dumps(&Value::array(categories), None)
-        );
-        let messages = vec![
-            ChatMessage { role: "system".into(), content: system, files: Vec::new() },
-            ChatMessage {
-                role: "user".into(),
-                content: format!("{{\"input_text\": [{}]}}", crate::pyfmt::json_dumps(&Value::from(query.clone()), None)),
-                files: Vec::new(),
-            },
-        ];
+        let categories_json = crate::pyfmt::json_dumps(&Value::array(categories), None);
+        let histories = match self.memory_turns {
+            Some(turns) => classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]),
+            None => String::new(),
+        };
+        let messages = if self.model.mode == "completion" {
+            classifier_prompt::completion_messages(&query, &categories_json, &instruction, &histories)
+        } else {
+            classifier_prompt::messages(&query, &categories_json, &instruction, &histories)
+        };
         let call = self.model.call(ctx, messages, None);
         let inputs = map_of([("query", Value::from(query))]);
         Exec::Pending(Box::pin(async move {

@@ -155,3 +155,57 @@ fn basic_editor_apps_with_unsupported_features_are_refused_by_name() {
         "{answer}"
     );
 }
+
+/// A question classifier with memory writes the conversation into its system prompt's
+/// `<histories>` (graphon's prompt, word for word), from the second turn on.
+#[test]
+fn a_question_classifier_with_memory_sees_the_conversation() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script(
+        "up",
+        vec![
+            Behaviour::reply(r#"{"keywords": ["soup"], "category_id": "food", "category_name": "Food"}"#),
+            Behaviour::reply(r#"{"keywords": ["waiter"], "category_id": "service", "category_name": "Service"}"#),
+        ],
+    );
+    let deployment = Deployment::sqlite("classifier-memory");
+    std::fs::create_dir_all(&deployment.data_dir).unwrap();
+    let models_file = deployment.data_dir.join("models.yaml");
+    std::fs::write(
+        &models_file,
+        format!(
+            "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: up, base_url: '{}'}}\ndefault: main\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    let key = deployment.import(repo_root().join("tests/service/classifier-chatflow.yml").to_str().unwrap())["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = deployment.serve(&["--models", models_file.to_str().unwrap()]);
+    let ask = |body: String| {
+        let (status, answer) = crate::harness::http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(&body));
+        assert_eq!(status, 200, "{answer}");
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+    };
+    let first = ask(json!({"query": "My soup is cold", "inputs": {}, "user": "diner"}).to_string());
+    assert_eq!(first["answer"], "Sorry about the food.");
+    let second =
+        ask(json!({"query": "And the waiter ignored us", "inputs": {}, "user": "diner", "conversation_id": first["conversation_id"]})
+            .to_string());
+    assert_eq!(second["answer"], "Sorry about the service.");
+
+    let received = mock.received();
+    let system = |index: usize| received[index].body["messages"][0]["content"].as_str().unwrap().to_owned();
+    assert!(system(0).contains("<histories>\n\n</histories>"), "turn 1 has no history: {}", system(0));
+    assert!(
+        system(1).contains("<histories>\nHuman: My soup is cold\nAssistant: Sorry about the food.\n</histories>"),
+        "turn 2 sees turn 1: {}",
+        system(1)
+    );
+    // Two worked examples precede the question, as in graphon's prompt.
+    assert_eq!(received[1].body["messages"].as_array().unwrap().len(), 6);
+    let question = received[1].body["messages"][5]["content"].as_str().unwrap();
+    assert!(question.starts_with("\n    {\"input_text\": [\"And the waiter ignored us\"],"), "{question}");
+}
