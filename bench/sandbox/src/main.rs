@@ -55,11 +55,13 @@ struct Options {
     executions: usize,
     cold: usize,
     concurrency: usize,
+    /// A pause after each execution in every loop: a load below saturation.
+    pause_ms: u64,
 }
 
 fn options() -> Result<Options, String> {
     let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
-    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores };
+    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores, pause_ms: 0 };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -68,6 +70,7 @@ fn options() -> Result<Options, String> {
             "--executions" => options.executions = number.max(1),
             "--cold" => options.cold = number,
             "--concurrency" => options.concurrency = number.max(1),
+            "--pause-ms" => options.pause_ms = number as u64,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -97,8 +100,8 @@ async fn pool_rss_mib(sandbox: &Sandbox) -> f64 {
 }
 
 /// Runs `total` executions from `concurrency` loops; returns each one's latency.
-async fn through_pool(sandbox: &Sandbox, payload: &Arc<str>, total: usize, concurrency: usize) -> Vec<Duration> {
-    through(sandbox, "python3", CODE, payload, total, concurrency).await
+async fn through_pool(sandbox: &Sandbox, payload: &Arc<str>, total: usize, concurrency: usize, pause: Duration) -> Vec<Duration> {
+    through(sandbox, "python3", CODE, payload, total, concurrency, pause).await
 }
 
 async fn through(
@@ -108,6 +111,7 @@ async fn through(
     payload: &Arc<str>,
     total: usize,
     concurrency: usize,
+    pause: Duration,
 ) -> Vec<Duration> {
     let per_loop = total.div_ceil(concurrency);
     let loops = (0..concurrency).map(|_| {
@@ -122,6 +126,9 @@ async fn through(
                 if let Err(error) = result {
                     eprintln!("execution failed: {error}");
                     std::process::exit(1);
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
                 }
             }
             latencies
@@ -225,7 +232,8 @@ fn main() {
         println!("sandbox: {}", sandbox.protections().describe());
         println!("concurrency {} (cores {})", options.concurrency, std::thread::available_parallelism().map_or(0, |cores| cores.get()));
         // Warm every zygote before measuring.
-        through_pool(&sandbox, &payload, options.concurrency * 20, options.concurrency).await;
+        let pause = Duration::from_millis(options.pause_ms);
+        through_pool(&sandbox, &payload, options.concurrency * 20, options.concurrency, Duration::ZERO).await;
 
         println!();
         println!("| how | executions | p50 ms | p90 ms | p99 ms | executions/s |");
@@ -236,13 +244,14 @@ fn main() {
         let started = Instant::now();
         for step in 0..checkpoints {
             let chunk = options.executions / checkpoints + usize::from(step < options.executions % checkpoints);
-            all.extend(through_pool(&sandbox, &payload, chunk, options.concurrency).await);
+            all.extend(through_pool(&sandbox, &payload, chunk, options.concurrency, pause).await);
             memory.push((all.len(), pool_rss_mib(&sandbox).await));
         }
         report("Python: flowgate zygote pool (fork per execution, seccomp + landlock)", all, started.elapsed());
-        through(&sandbox, "javascript", JAVASCRIPT, &payload, options.concurrency * 20, options.concurrency).await;
+        through(&sandbox, "javascript", JAVASCRIPT, &payload, options.concurrency * 20, options.concurrency, Duration::ZERO).await;
         let started = Instant::now();
-        let javascript = through(&sandbox, "javascript", JAVASCRIPT, &payload, options.executions.min(20_000), options.concurrency).await;
+        let javascript =
+            through(&sandbox, "javascript", JAVASCRIPT, &payload, options.executions.min(20_000), options.concurrency, pause).await;
         report("JavaScript: QuickJS, a fresh runtime per execution", javascript, started.elapsed());
         if options.cold > 0 {
             // The interpreter itself, not a launcher script in front of it (pyenv's shim).
