@@ -105,6 +105,12 @@ def main():
     assert all(event["conversation_id"] == conversation_id for event in events), events
     answer = check_blocking(agent.create_chat_message({}, "And again", USER, conversation_id=conversation_id), REPLIES[8], "agent-chat")
     assert answer["conversation_id"] == conversation_id
+    history = agent.get_conversation_messages(USER, conversation_id=conversation_id).json()["data"]
+    thoughts = [message["agent_thoughts"] for message in history]
+    assert [len(items) for items in thoughts] == [1, 1], history
+    assert thoughts[0][0]["id"] == events[0]["id"] and thoughts[0][0]["thought"] == REPLIES[7], thoughts
+    assert thoughts[0][0]["message_id"] == history[0]["id"] and thoughts[0][0]["position"] == 1, thoughts
+    assert thoughts[1][0]["thought"] == REPLIES[8], thoughts
 
     on_chat_route = completion._send_request("POST", "/chat-messages", {"inputs": {}, "query": "x", "user": USER})
     assert on_chat_route.status_code == 400 and on_chat_route.json()["code"] == "not_chat_app", on_chat_route.text

@@ -110,6 +110,7 @@ async fn send_message(
     };
     let compiled = state.compiled(&version_id).await?;
     let mode = app.mode.clone();
+    let agent_thought = (mode == "agent-chat").then(flowgate_store::new_id);
     let end_user_id = state.end_user(&app.id, &user).await?;
     let existing = match &conversation_id {
         Some(id) => Some(state.store.conversation(&app.id, &end_user_id, id).await.map_err(|error| match error {
@@ -170,10 +171,10 @@ async fn send_message(
         envelope: match (route, app.mode.as_str()) {
             (Route::Completion, _) => Envelope::Message { conversation_id: None, message_id: message_id.clone(), agent_thought: None },
             (Route::Chat, "advanced-chat") => Envelope::Chat { conversation_id: conversation.id.clone(), message_id: message_id.clone() },
-            (Route::Chat, mode) => Envelope::Message {
+            (Route::Chat, _) => Envelope::Message {
                 conversation_id: Some(conversation.id.clone()),
                 message_id: message_id.clone(),
-                agent_thought: (mode == "agent-chat").then(flowgate_store::new_id),
+                agent_thought: agent_thought.clone(),
             },
         },
     };
@@ -194,6 +195,7 @@ async fn send_message(
         conversation_id: conversation.id.clone(),
         message_id: message_id.clone(),
         declared: compiled.conversation_variables().to_vec(),
+        agent_thought,
     };
     let launched = launch(
         &state,
@@ -237,6 +239,26 @@ async fn send_message(
     Ok(Json(answer).into_response())
 }
 
+/// An agent app's message has one thought (no tools): the answer the model gave.
+fn agent_thoughts(message: &Message) -> Json_ {
+    match message.metadata.get("agent_thought_id").and_then(Json_::as_str) {
+        Some(id) => json!([{
+            "id": id,
+            "chain_id": null,
+            "message_id": message.id,
+            "position": 1,
+            "thought": message.answer,
+            "tool": "",
+            "tool_labels": {},
+            "tool_input": "",
+            "created_at": message.created_at,
+            "observation": "",
+            "files": [],
+        }]),
+        None => json!([]),
+    }
+}
+
 fn message_json(message: &Message) -> Json_ {
     json!({
         "id": message.id,
@@ -249,7 +271,7 @@ fn message_json(message: &Message) -> Json_ {
         "feedback": message.feedback_rating.as_ref().map(|rating| json!({"rating": rating})),
         "retriever_resources": [],
         "created_at": message.created_at,
-        "agent_thoughts": [],
+        "agent_thoughts": agent_thoughts(message),
         "status": message.status,
         "error": message.error,
     })

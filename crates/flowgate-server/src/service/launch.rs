@@ -33,6 +33,8 @@ pub struct Turn {
     pub conversation_id: String,
     pub message_id: String,
     pub declared: Vec<DeclaredVariable>,
+    /// An agent app's thought id, kept with the message so `GET /messages` can list it.
+    pub agent_thought: Option<String>,
 }
 
 pub struct Launch {
@@ -160,7 +162,10 @@ async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &
         })
         .collect();
     let error = (summary.status == flowgate_engine::RunStatus::Failed).then(|| run_failed_message(summary));
-    let metadata = json!({"usage": crate::wire::usage_json(summary), "retriever_resources": []});
+    let mut metadata = json!({"usage": crate::wire::usage_json(summary), "retriever_resources": []});
+    if let (Some(thought), Some(object)) = (&turn.agent_thought, metadata.as_object_mut()) {
+        object.insert("agent_thought_id".into(), thought.clone().into());
+    }
     let saved =
         state.store.end_turn(&turn.message_id, &summary.answer, error.as_deref(), &metadata, &turn.conversation_id, &variables).await;
     if let Err(error) = saved {
