@@ -140,7 +140,7 @@ async fn through(
 /// The same code in a fresh `python3` per execution, with Dify's wrapper (`main(**inputs)`, the
 /// result printed between `<<RESULT>>` markers).
 async fn cold_python(python: &str, payload: &str, total: usize, concurrency: usize) -> Vec<Duration> {
-    let inputs = format!("{{\"payload\": {}}}", serde_json_string(payload));
+    let inputs = serde_json::json!({"payload": payload}).to_string();
     let program = Arc::new(format!(
         "{CODE}\nimport json as _json\n_out = main(**_json.loads({inputs:?}))\nprint('<<RESULT>>' + _json.dumps(_out) + '<<RESULT>>')\n"
     ));
@@ -176,19 +176,6 @@ async fn cold_python(python: &str, payload: &str, total: usize, concurrency: usi
         }
     });
     futures::future::join_all(loops).await.into_iter().flatten().collect()
-}
-
-fn serde_json_string(text: &str) -> String {
-    let mut quoted = String::from("\"");
-    for character in text.chars() {
-        match character {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            other => quoted.push(other),
-        }
-    }
-    quoted.push('"');
-    quoted
 }
 
 fn report(name: &str, mut latencies: Vec<Duration>, wall: Duration) {

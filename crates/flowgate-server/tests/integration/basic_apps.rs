@@ -24,21 +24,27 @@ const REPLIES: [&str; 9] = [
     "Still here.",
 ];
 
-#[test]
-fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
-    let mock = MockUpstream::start().unwrap();
-    mock.script("up", REPLIES.iter().map(|reply| Behaviour::reply(reply)).collect());
-    let deployment = Deployment::sqlite("basic-apps");
+/// A models file whose one logical model (the default) is the mock's model `up`.
+fn models_file(deployment: &Deployment, mock: &MockUpstream) -> std::path::PathBuf {
     std::fs::create_dir_all(&deployment.data_dir).unwrap();
-    let models_file = deployment.data_dir.join("models.yaml");
+    let path = deployment.data_dir.join("models.yaml");
     std::fs::write(
-        &models_file,
+        &path,
         format!(
             "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: up, base_url: '{}'}}\ndefault: main\n",
             mock.base_url()
         ),
     )
     .unwrap();
+    path
+}
+
+#[test]
+fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("up", REPLIES.iter().map(|reply| Behaviour::reply(reply)).collect());
+    let deployment = Deployment::sqlite("basic-apps");
+    let models_file = models_file(&deployment, &mock);
     let key = |file: &str| {
         let path = repo_root().join("tests/service/basic-apps").join(file);
         deployment.import(path.to_str().unwrap())["api_key"].as_str().unwrap().to_owned()
@@ -169,16 +175,7 @@ fn a_question_classifier_with_memory_sees_the_conversation() {
         ],
     );
     let deployment = Deployment::sqlite("classifier-memory");
-    std::fs::create_dir_all(&deployment.data_dir).unwrap();
-    let models_file = deployment.data_dir.join("models.yaml");
-    std::fs::write(
-        &models_file,
-        format!(
-            "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: up, base_url: '{}'}}\ndefault: main\n",
-            mock.base_url()
-        ),
-    )
-    .unwrap();
+    let models_file = models_file(&deployment, &mock);
     let key = deployment.import(repo_root().join("tests/service/classifier-chatflow.yml").to_str().unwrap())["api_key"]
         .as_str()
         .unwrap()
