@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates tests/conformance/expected/*.json by running every case on graphon 0.8 (Dify's
 # engine) through the oracle runner, in the virtualenv scripts/oracle-python creates.
-#   tests/conformance/regenerate.sh            # all cases, and the document-extractor expectations
+#   tests/conformance/regenerate.sh            # all cases, the document-extractor expectations and
+#                                              # the parameter extractor's prompts (model-prompts/)
 #   tests/conformance/regenerate.sh CASE_ID... # some cases
 # FLOWGATE_ORACLE_DIR points at the oracle runner (default: ../shared/oracle next to the repo).
 set -euo pipefail
@@ -17,4 +18,5 @@ sleep 0.3
 FLOWGATE_ORACLE_DIR="$oracle" "$python" tests/conformance/oracle.py "$@"
 if [ "$#" -eq 0 ]; then
   "$python" tests/conformance/documents.py
+  FLOWGATE_ORACLE_DIR="$oracle" "$python" tests/conformance/model_prompts.py
 fi

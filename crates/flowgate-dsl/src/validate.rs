@@ -59,12 +59,36 @@ fn validate_graph(graph: &Graph, declared: &Declared<'_>, diagnostics: &mut Vec<
     check_reachability(graph, diagnostics);
     for node in &graph.nodes {
         check_references(graph, node, declared, diagnostics);
+        check_node_data(node, diagnostics);
         if matches!(node.data, NodeData::NotSupported) {
             diagnostics.push(
                 Diagnostic::warning("node_not_supported", format!("not supported yet: {} nodes; running this node fails", node.node_type))
                     .node(&node.id)
                     .line(node.line),
             );
+        }
+    }
+}
+
+/// The parameter extractor's parameter types (legacy `bool` and `select` included).
+const EXTRACTOR_PARAMETER_TYPES: &[&str] =
+    &["string", "number", "boolean", "array[string]", "array[number]", "array[object]", "array[boolean]", "bool", "select"];
+
+/// Node settings Dify refuses when it builds the node.
+fn check_node_data(node: &Node, diagnostics: &mut Vec<Diagnostic>) {
+    if let NodeData::ParameterExtractor(data) = &node.data {
+        for (index, parameter) in data.parameters.iter().enumerate() {
+            if !EXTRACTOR_PARAMETER_TYPES.contains(&parameter.kind.as_str()) {
+                diagnostics.push(
+                    Diagnostic::error(
+                        "invalid_parameter_type",
+                        format!("type {} is not allowd to use in Parameter Extractor node.", parameter.kind),
+                    )
+                    .node(&node.id)
+                    .field(format!("data.parameters[{index}].type"))
+                    .line(node.line),
+                );
+            }
         }
     }
 }

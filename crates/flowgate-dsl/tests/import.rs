@@ -288,3 +288,16 @@ fn basic_editor_app_problems_name_the_model_config_field() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn an_extractor_parameter_of_an_unknown_type_names_the_node_and_field() {
+    let extractor = "{id: pe, data: {type: parameter-extractor, title: PE, query: [start, q], model: {provider: openai, name: m, mode: chat}, parameters: [{name: a, type: string, description: a, required: true}, {name: b, type: file, description: b, required: false}]}}";
+    let text = workflow(&[START, extractor, END], &["{source: start, target: pe}", "{source: pe, target: end}"]);
+    let diagnostics = errors(&text);
+    let found = has_error(&diagnostics, "invalid_parameter_type");
+    // Dify's message, typo included.
+    assert!(found.message.contains("type file is not allowd to use in Parameter Extractor node."), "{found}");
+    assert_eq!(found.node_id.as_deref(), Some("pe"));
+    assert_eq!(found.field.as_deref(), Some("data.parameters[1].type"));
+    assert!(found.line.is_some(), "{found}");
+}

@@ -91,6 +91,19 @@ fn stream_text(stream: &TextSink, text: &str) {
     }
 }
 
+/// The parameter schema an extractor's prompt carries in its last message (between the tags
+/// Dify's chat and completion prompts put it in).
+fn extractor_schema(call: &ModelCall) -> Option<Json> {
+    let text = &call.messages.last()?.content;
+    [("<structure>\n", "\n</structure>"), ("<information to be extracted>\n", "\n</information to be extracted>")].iter().find_map(
+        |(open, close)| {
+            let start = text.find(open)? + open.len();
+            let end = start + text[start..].find(close)?;
+            serde_json::from_str(&text[start..end]).ok()
+        },
+    )
+}
+
 fn default_for_schema(schema: &Json) -> Json {
     let mut result = serde_json::Map::new();
     if let Some(Json::Object(properties)) = schema.get("properties") {
@@ -123,7 +136,7 @@ impl ModelPort for MockPorts {
             },
             _ => match &*call.context.node_type {
                 "parameter-extractor" => {
-                    call.json_schema.as_ref().map_or_else(|| "{}".to_owned(), |schema| default_for_schema(schema).to_string())
+                    extractor_schema(&call).map_or_else(|| "{}".to_owned(), |schema| default_for_schema(&schema).to_string())
                 }
                 "question-classifier" => "{}".to_owned(),
                 _ => format!("[mock llm {node_id}]"),
@@ -141,6 +154,7 @@ impl ModelPort for MockPorts {
                 usage: Usage { currency: "USD".into(), ..Usage::default() },
                 finish_reason: Some("stop".into()),
                 structured_output,
+                tool_calls: Vec::new(),
             })
         })
     }

@@ -248,6 +248,7 @@ impl Plan {
             .filter_map(|node| match &node.kind {
                 NodeKind::Llm(llm) => llm.memory_turns(),
                 NodeKind::QuestionClassifier(classifier) => classifier.memory_turns(),
+                NodeKind::ParameterExtractor(extractor) => extractor.memory_turns(),
                 _ => None,
             })
             .max()

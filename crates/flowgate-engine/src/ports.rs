@@ -117,10 +117,37 @@ pub trait FilePort: Send + Sync {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
-    /// system | user | assistant
+    /// system | user | assistant | tool
     pub role: String,
     pub content: String,
     pub files: Vec<File>,
+    /// An assistant message's calls of the request's tools.
+    pub tool_calls: Vec<ToolInvocation>,
+    /// A tool message: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.to_owned(), content: content.into(), files: Vec::new(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+}
+
+/// A function the model may call: its name, what it does, and its arguments' JSON schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDefinition {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// One call of a tool, as the model wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolInvocation {
+    pub id: String,
+    pub name: String,
+    /// JSON text, unparsed: models write invalid JSON too.
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +161,7 @@ pub struct ModelCall {
     pub messages: Vec<ChatMessage>,
     pub stop: Vec<String>,
     pub json_schema: Option<serde_json::Value>,
+    pub tools: Vec<ToolDefinition>,
 }
 
 /// Token usage and price, in Dify's `LLMUsage` shape.
@@ -190,11 +218,19 @@ pub struct ModelReply {
     pub usage: Usage,
     pub finish_reason: Option<String>,
     pub structured_output: Option<Value>,
+    pub tool_calls: Vec<ToolInvocation>,
 }
 
 pub trait ModelPort: Send + Sync {
     /// Runs one model call; text deltas go to `stream` as they arrive.
     fn invoke(&self, call: ModelCall, stream: TextSink) -> BoxFuture<'static, Result<ModelReply, PortError>>;
+
+    /// Whether the model a DSL names can be offered tools (Dify's `tool-call` model feature):
+    /// the parameter extractor asks through a function call only then.
+    fn calls_tools(&self, provider: &str, model: &str) -> bool {
+        let _ = (provider, model);
+        false
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ pub struct Behaviour {
     /// `None` echoes the last user message.
     pub reply: Option<String>,
     pub reasoning: Option<String>,
+    /// A tool call after the answer text: the function's name and its arguments (JSON text,
+    /// streamed in two pieces).
+    pub tool_call: Option<(String, String)>,
     pub stream_failure: Option<StreamFailure>,
 }
 
@@ -60,6 +63,7 @@ impl Default for Behaviour {
             between_tokens: Duration::ZERO,
             reply: Some("Hello from the mock upstream.".to_owned()),
             reasoning: None,
+            tool_call: None,
             stream_failure: None,
         }
     }
@@ -101,6 +105,11 @@ impl Behaviour {
 
     pub fn reasoning(mut self, text: &str) -> Self {
         self.reasoning = Some(text.to_owned());
+        self
+    }
+
+    pub fn calling(mut self, name: &str, arguments: &str) -> Self {
+        self.tool_call = Some((name.to_owned(), arguments.to_owned()));
         self
     }
 
@@ -384,6 +393,18 @@ fn event_stream(frames: Vec<Bytes>, tokens_at: usize, behaviour: Behaviour) -> R
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The id of the mock's tool calls.
+pub const TOOL_CALL_ID: &str = "call_mock_1";
+
+/// The text split in two at a character boundary near its middle.
+fn halves(text: &str) -> (&str, &str) {
+    let mut middle = text.len() / 2;
+    while !text.is_char_boundary(middle) {
+        middle += 1;
+    }
+    text.split_at(middle)
+}
+
 fn sse(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
@@ -410,14 +431,21 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Ur
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": tokens.len(), "total_tokens": prompt + tokens.len() as u64});
     let id = format!("chatcmpl-mock-{}", now_seconds());
     let created = now_seconds();
+    let finish = if behaviour.tool_call.is_some() { "tool_calls" } else { "stop" };
     if body["stream"] != json!(true) {
         let mut message = json!({"role": "assistant", "content": reply});
         if let Some(reasoning) = &behaviour.reasoning {
             message["reasoning_content"] = json!(reasoning);
         }
+        if let Some((name, arguments)) = &behaviour.tool_call {
+            message["tool_calls"] = json!([{"id": TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": arguments}}]);
+            if reply.is_empty() {
+                message["content"] = Value::Null;
+            }
+        }
         return axum::Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         }))
         .into_response();
@@ -432,7 +460,17 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Ur
         frames.extend(tokens_of(reasoning).into_iter().map(|token| chunk(json!({"reasoning_content": token}), Value::Null)));
     }
     frames.extend(tokens.iter().map(|token| chunk(json!({"content": token}), Value::Null)));
-    frames.push(chunk(json!({}), json!("stop")));
+    if let Some((name, arguments)) = &behaviour.tool_call {
+        frames.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        let (first, second) = halves(arguments);
+        for piece in [first, second] {
+            frames.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+        }
+    }
+    frames.push(chunk(json!({}), json!(finish)));
     if body["stream_options"]["include_usage"] == json!(true) {
         frames.push(sse(
             &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}),
@@ -468,11 +506,17 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
     let tokens = tokens_of(&reply);
     let prompt = prompt_tokens(&body);
     let id = format!("msg_mock_{}", now_seconds());
+    let stop_reason = if behaviour.tool_call.is_some() { "tool_use" } else { "end_turn" };
     if body["stream"] != json!(true) {
+        let mut content = vec![json!({"type": "text", "text": reply})];
+        if let Some((name, arguments)) = &behaviour.tool_call {
+            let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+            content.push(json!({"type": "tool_use", "id": TOOL_CALL_ID, "name": name, "input": input}));
+        }
         return axum::Json(json!({
             "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": reply}],
-            "stop_reason": "end_turn", "stop_sequence": null,
+            "content": content,
+            "stop_reason": stop_reason, "stop_sequence": null,
             "usage": {"input_tokens": prompt, "output_tokens": tokens.len()},
         }))
         .into_response();
@@ -496,9 +540,23 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
         )
     }));
     frames.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+    if let Some((name, arguments)) = &behaviour.tool_call {
+        frames.push(anthropic_sse(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": TOOL_CALL_ID, "name": name, "input": {}}}),
+        ));
+        let (first, second) = halves(arguments);
+        for piece in [first, second] {
+            frames.push(anthropic_sse(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        frames.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 1})));
+    }
     frames.push(anthropic_sse(
         "message_delta",
-        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": tokens.len()}}),
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": tokens.len()}}),
     ));
     frames.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
     event_stream(frames, tokens_at, behaviour)

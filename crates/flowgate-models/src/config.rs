@@ -118,6 +118,9 @@ struct RawModel {
     /// The output cap assumed for token limits when a request sets none.
     #[serde(default)]
     default_max_tokens: Option<u64>,
+    /// Whether the targets accept `tools` (Dify's `tool-call` model feature).
+    #[serde(default)]
+    tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +236,10 @@ pub struct ModelConfig {
     pub max_attempts: u32,
     pub cache_ttl: Option<Duration>,
     pub default_max_tokens: u64,
+    /// The targets accept `tools`: the parameter extractor's function-call mode asks through
+    /// a tool call (else it uses Dify's JSON prompt). On unless the models file says
+    /// `tool_calls: false` (a vLLM started without a tool parser, say).
+    pub tool_calls: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -312,6 +319,7 @@ impl GatewayConfig {
                 max_attempts: raw_model.max_attempts.unwrap_or(3).clamp(1, 16),
                 cache_ttl: raw_model.cache.as_ref().map(|cache| Duration::from_secs(cache.ttl_seconds)),
                 default_max_tokens: raw_model.default_max_tokens.unwrap_or(4096),
+                tool_calls: raw_model.tool_calls.unwrap_or(true),
             });
         }
         for mapping in &raw.dify {

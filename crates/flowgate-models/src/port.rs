@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use flowgate_engine::ports::{FilePort, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind, TextSink, Usage};
+use flowgate_engine::ports::{FilePort, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind, TextSink, ToolInvocation, Usage};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::error::ErrorClass;
 use crate::gateway::{Gateway, GatewayError};
 use crate::limits::Caller;
-use crate::types::{ChatRequest, ChatResponse, Content, ImageUrl, Message, Part, StreamEvent};
+use crate::types::{ChatRequest, ChatResponse, Content, FunctionCall, ImageUrl, Message, Part, StreamEvent, ToolCall};
 
 pub struct GatewayPort {
     gateway: Arc<Gateway>,
@@ -68,7 +68,16 @@ async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>) -> Res
             }
             Content::Parts(parts)
         };
-        messages.push(Message { role: message.role.clone(), content, name: None, tool_calls: Vec::new(), tool_call_id: None });
+        let tool_calls = message
+            .tool_calls
+            .iter()
+            .map(|call| ToolCall {
+                id: call.id.clone(),
+                kind: "function".into(),
+                function: FunctionCall { name: call.name.clone(), arguments: call.arguments.clone() },
+            })
+            .collect();
+        messages.push(Message { role: message.role.clone(), content, name: None, tool_calls, tool_call_id: message.tool_call_id.clone() });
     }
     let mut parameters = call.parameters.clone();
     // Dify keeps `response_format` as a bare name; OpenAI wants an object.
@@ -81,10 +90,30 @@ async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>) -> Res
     if !call.stop.is_empty() {
         parameters.insert("stop".into(), json!(call.stop));
     }
+    if !call.tools.is_empty() {
+        let tools: Vec<Value> = call
+            .tools
+            .iter()
+            .map(|tool| json!({"type": "function", "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}))
+            .collect();
+        parameters.insert("tools".into(), Value::Array(tools));
+    }
     Ok(ChatRequest { model: call.model.clone(), messages, parameters })
 }
 
+fn invocations(calls: &[ToolCall]) -> Vec<ToolInvocation> {
+    calls
+        .iter()
+        .map(|call| ToolInvocation { id: call.id.clone(), name: call.function.name.clone(), arguments: call.function.arguments.clone() })
+        .collect()
+}
+
 impl ModelPort for GatewayPort {
+    fn calls_tools(&self, provider: &str, model: &str) -> bool {
+        let config = self.gateway.config();
+        config.resolve(provider, model).and_then(|name| config.model(name)).is_some_and(|model| model.tool_calls)
+    }
+
     fn invoke(&self, call: ModelCall, sink: TextSink) -> BoxFuture<'static, Result<ModelReply, PortError>> {
         let gateway = self.gateway.clone();
         let files = self.files.clone();
@@ -102,6 +131,7 @@ impl ModelPort for GatewayPort {
             if let Some(answer) = gateway.cached(&model, &request).await {
                 sink(&answer.content);
                 return Ok(ModelReply {
+                    tool_calls: invocations(&answer.tool_calls),
                     text: answer.content,
                     reasoning_content: answer.reasoning,
                     finish_reason: answer.finish_reason,
@@ -152,9 +182,10 @@ impl ModelPort for GatewayPort {
                             ..Usage::default()
                         }
                     }
-                    StreamEvent::ToolCall { .. } => {}
+                    StreamEvent::ToolCall { index, id, name, arguments } => whole.add_tool_call_piece(index, id, name, &arguments),
                 }
             }
+            reply.tool_calls = invocations(&whole.tool_calls);
             reservation.settle(used).await;
             whole.content.clone_from(&reply.text);
             whole.reasoning.clone_from(&reply.reasoning_content);

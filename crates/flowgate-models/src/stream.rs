@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::{ErrorClass, ProviderError};
-use crate::types::{ChatResponse, FunctionCall, StreamEvent, ToolCall};
+use crate::types::{ChatResponse, StreamEvent};
 
 /// An SSE event stream can hold a frame this large at most; a longer one is a broken upstream.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -176,23 +176,7 @@ impl ChatStream {
             match event? {
                 StreamEvent::Text(text) => response.content.push_str(&text),
                 StreamEvent::Reasoning(text) => response.reasoning.push_str(&text),
-                StreamEvent::ToolCall { index, id, name, arguments } => {
-                    while response.tool_calls.len() <= index {
-                        response.tool_calls.push(ToolCall {
-                            id: String::new(),
-                            kind: "function".into(),
-                            function: FunctionCall { name: String::new(), arguments: String::new() },
-                        });
-                    }
-                    let call = &mut response.tool_calls[index];
-                    if let Some(id) = id {
-                        call.id = id;
-                    }
-                    if let Some(name) = name {
-                        call.function.name.push_str(&name);
-                    }
-                    call.function.arguments.push_str(&arguments);
-                }
+                StreamEvent::ToolCall { index, id, name, arguments } => response.add_tool_call_piece(index, id, name, &arguments),
                 StreamEvent::Finish(reason) => response.finish_reason = Some(reason),
                 StreamEvent::Usage(usage) => response.usage = Some(usage),
             }

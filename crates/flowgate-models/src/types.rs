@@ -136,6 +136,28 @@ pub struct ChatResponse {
     pub usage: Option<TokenUsage>,
 }
 
+impl ChatResponse {
+    /// Adds a streamed piece of the tool call at `index`: its id and name come with the first
+    /// piece, its arguments in pieces.
+    pub fn add_tool_call_piece(&mut self, index: usize, id: Option<String>, name: Option<String>, arguments: &str) {
+        while self.tool_calls.len() <= index {
+            self.tool_calls.push(ToolCall {
+                id: String::new(),
+                kind: "function".into(),
+                function: FunctionCall { name: String::new(), arguments: String::new() },
+            });
+        }
+        let call = &mut self.tool_calls[index];
+        if let Some(id) = id {
+            call.id = id;
+        }
+        if let Some(name) = name {
+            call.function.name.push_str(&name);
+        }
+        call.function.arguments.push_str(arguments);
+    }
+}
+
 /// One piece of a streamed answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {

@@ -78,3 +78,36 @@ async fn overloaded_and_cut_streams_are_retryable() {
     assert_eq!(cut.class, ErrorClass::Connection);
     assert!(overloaded.class.is_retryable() && cut.class.is_retryable());
 }
+
+/// A tool call streamed as a `tool_use` block with its input in `input_json_delta` pieces
+/// comes back as one call with the whole arguments, and the tool messages of the request go
+/// out as Anthropic's `tool_use` and `tool_result` blocks.
+#[tokio::test]
+async fn a_streamed_tool_use_block_becomes_a_tool_call() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("claude-test", vec![Behaviour::reply("").calling("extract_parameters", "{\"city\": \"Lyon\", \"n\": 3}")]);
+    let mut request = request("Where?");
+    request.messages.push(
+        serde_json::from_value(json!({"role": "assistant", "content": "calling", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "extract_parameters", "arguments": "{\"city\": \"SF\"}"}}]}))
+        .unwrap(),
+    );
+    request.messages.push(serde_json::from_value(json!({"role": "tool", "content": "ok", "tool_call_id": "call_1"})).unwrap());
+    request.parameters.insert(
+        "tools".into(),
+        json!([{"type": "function", "function": {"name": "extract_parameters", "description": "d", "parameters": {"type": "object"}}}]),
+    );
+    let answer = target(&mock).chat_stream(&request, Timeouts::default()).await.unwrap().collect().await.unwrap();
+    assert_eq!(answer.tool_calls.len(), 1, "{answer:?}");
+    assert_eq!(answer.tool_calls[0].id, flowgate_mock_upstream::TOOL_CALL_ID);
+    assert_eq!(answer.tool_calls[0].function.name, "extract_parameters");
+    assert_eq!(answer.tool_calls[0].function.arguments, "{\"city\": \"Lyon\", \"n\": 3}");
+    assert_eq!(answer.finish_reason.as_deref(), Some("tool_calls"));
+    let sent = &mock.received()[0].body;
+    assert_eq!(sent["tools"], json!([{"name": "extract_parameters", "description": "d", "input_schema": {"type": "object"}}]));
+    assert_eq!(
+        sent["messages"][1]["content"][1],
+        json!({"type": "tool_use", "id": "call_1", "name": "extract_parameters", "input": {"city": "SF"}})
+    );
+    assert_eq!(sent["messages"][2]["content"][0], json!({"type": "tool_result", "tool_use_id": "call_1", "content": "ok"}));
+}

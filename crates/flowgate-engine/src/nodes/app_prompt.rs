@@ -132,7 +132,7 @@ impl AppPromptRules {
 }
 
 fn message(role: &str, content: String, files: Vec<File>) -> ChatMessage {
-    ChatMessage { role: role.to_owned(), content, files }
+    ChatMessage { files, ..ChatMessage::text(role, content) }
 }
 
 fn push_turns(messages: &mut Vec<ChatMessage>, history: &[PastTurn]) {

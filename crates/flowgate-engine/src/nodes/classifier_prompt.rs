@@ -31,7 +31,7 @@ pub fn histories(turns: &[PastTurn]) -> String {
 }
 
 fn message(role: &str, content: String) -> ChatMessage {
-    ChatMessage { role: role.to_owned(), content, files: Vec::new() }
+    ChatMessage::text(role, content)
 }
 
 /// The chat-model prompt: `categories_json` is `json.dumps` of the categories.

@@ -12,6 +12,7 @@ mod code;
 pub mod containers;
 mod document;
 mod end;
+mod extractor_prompt;
 mod http;
 mod if_else;
 pub mod jinja;

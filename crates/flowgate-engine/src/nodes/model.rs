@@ -7,9 +7,9 @@ use flowgate_dsl::AppPrompt;
 use flowgate_dsl::nodes::{ExtractedParameter, LlmData, ModelConfig, ParameterExtractorData, PromptTemplate, QuestionClassifierData};
 
 use super::app_prompt::{self, AppPromptRules};
-use super::classifier_prompt;
 use super::jinja::JinjaTemplate;
 use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
+use super::{classifier_prompt, extractor_prompt};
 use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector, Slot};
 use crate::ports::{ChatMessage, ModelCall, ModelReply, TextSink, Usage};
@@ -78,6 +78,7 @@ impl ModelSettings {
             messages,
             stop,
             json_schema,
+            tools: Vec::new(),
         }
     }
 }
@@ -202,14 +203,14 @@ impl LlmNode {
             if part.uses_context {
                 content = content.replace(CONTEXT_PLACEHOLDER, context.as_deref().unwrap_or(""));
             }
-            messages.push(ChatMessage { role: part.role.clone(), content, files: Vec::new() });
+            messages.push(ChatMessage::text(&part.role, content));
         }
         if let Some(query) = &self.query {
             for turn in &history[history.len().saturating_sub(self.memory_turns)..] {
-                messages.push(ChatMessage { role: "user".into(), content: turn.query.clone(), files: Vec::new() });
-                messages.push(ChatMessage { role: "assistant".into(), content: turn.answer.clone(), files: Vec::new() });
+                messages.push(ChatMessage::text("user", turn.query.clone()));
+                messages.push(ChatMessage::text("assistant", turn.answer.clone()));
             }
-            messages.push(ChatMessage { role: "user".into(), content: query.render(pool, Render::Text), files: Vec::new() });
+            messages.push(ChatMessage::text("user", query.render(pool, Render::Text)));
         }
         messages.retain(|message| !message.content.is_empty() || !message.files.is_empty());
         if messages.is_empty() {
@@ -503,7 +504,7 @@ fn parse_json_markdown(text: &str) -> Result<serde_json::Value, String> {
 #[derive(Debug)]
 struct Parameter {
     name: Arc<str>,
-    kind: Option<SegType>,
+    kind: SegType,
     options: Option<Vec<String>>,
     description: String,
     required: bool,
@@ -515,13 +516,23 @@ pub struct ParameterExtractorNode {
     query: Selector,
     parameters: Arc<[Parameter]>,
     instruction: TextTemplate,
+    /// `reasoning_mode: function_call`: ask through a tool call when the model can make one.
+    function_call: bool,
+    /// With memory on, how many earlier turns the prompt's histories hold.
+    memory_turns: Option<usize>,
 }
 
-fn parameter_type(parameter: &ExtractedParameter) -> Option<SegType> {
+/// Dify's parameter types; legacy `bool` means `boolean` and `select` means `string`.
+/// Others are refused when the DSL loads.
+fn parameter_type(parameter: &ExtractedParameter) -> SegType {
     match parameter.kind.as_str() {
-        "bool" => Some(SegType::Boolean),
-        "select" => Some(SegType::String),
-        other => SegType::parse(other),
+        "bool" | "boolean" => SegType::Boolean,
+        "number" => SegType::Number,
+        "array[string]" => SegType::ArrayString,
+        "array[number]" => SegType::ArrayNumber,
+        "array[object]" => SegType::ArrayObject,
+        "array[boolean]" => SegType::ArrayBoolean,
+        _ => SegType::String,
     }
 }
 
@@ -542,30 +553,43 @@ impl ParameterExtractorNode {
                 })
                 .collect(),
             instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
+            function_call: data.reasoning_mode.as_deref() == Some("function_call"),
+            memory_turns: classifier_memory_turns(data.memory.as_ref()),
         }
     }
 
-    fn schema(&self) -> serde_json::Value {
-        let mut properties = serde_json::Map::new();
+    pub fn memory_turns(&self) -> Option<usize> {
+        self.memory_turns
+    }
+
+    /// graphon's `get_parameter_json_schema`, keys in its order.
+    fn schema(&self) -> Value {
+        let mut properties = map_with_capacity(self.parameters.len());
         let mut required = Vec::new();
         for parameter in self.parameters.iter() {
-            let kind = parameter.kind.map_or("string", SegType::as_str);
-            let mut schema = serde_json::json!({"description": parameter.description});
-            if let Some(element) = parameter.kind.and_then(SegType::element) {
-                schema["type"] = "array".into();
-                schema["items"] = serde_json::json!({"type": element.as_str()});
-            } else {
-                schema["type"] = kind.into();
+            let mut schema = map_of([("description", Value::from(parameter.description.clone()))]);
+            match parameter.kind.element() {
+                Some(element) => {
+                    schema.insert(key("type"), Value::str("array"));
+                    schema.insert(key("items"), Value::object(map_of([("type", Value::str(element.as_str()))])));
+                }
+                None => {
+                    schema.insert(key("type"), Value::str(parameter.kind.as_str()));
+                }
             }
             if let Some(options) = &parameter.options {
-                schema["enum"] = options.clone().into();
+                schema.insert(key("enum"), Value::array(options.iter().map(|option| Value::from(option.clone())).collect()));
             }
-            properties.insert(parameter.name.to_string(), schema);
+            properties.insert(parameter.name.clone(), Value::object(schema));
             if parameter.required {
-                required.push(serde_json::Value::String(parameter.name.to_string()));
+                required.push(Value::Str(parameter.name.clone()));
             }
         }
-        serde_json::json!({"type": "object", "properties": properties, "required": required})
+        Value::object(map_of([
+            ("type", Value::str("object")),
+            ("properties", Value::object(properties)),
+            ("required", Value::array(required)),
+        ]))
     }
 
     pub fn run(&self, ctx: &NodeCtx<'_>) -> Exec {
@@ -573,17 +597,34 @@ impl ParameterExtractorNode {
             return Exec::Done(ctx.missing_port(Capability::Model));
         };
         let query = ctx.pool.get(&self.query).map(|value| value.to_text()).unwrap_or_default();
+        let inputs = map_of([("query", Value::from(query.clone()))]);
+        let calls_tools = port.calls_tools(&self.model.provider, &self.model.name);
+        let completion = self.model.mode == "completion";
+        if calls_tools && completion {
+            // graphon sizes every prompt of a tool-calling model with the function-call
+            // template, which exists for chat models only.
+            return Exec::Done(NodeResult::failed("Model mode completion not support.", "WorkflowNodeError").with_inputs(inputs));
+        }
         let instruction = self.instruction.render(ctx.pool, Render::Text);
+        let histories = match self.memory_turns {
+            Some(turns) => classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]),
+            None => String::new(),
+        };
         let schema = self.schema();
-        let system = format!(
-            "You are a helpful assistant tasked with extracting structured information based on specific criteria provided. Follow the guidelines below to ensure consistency and accuracy.\n### Task\nAlways call the `extract_parameters` function with the correct parameters. Ensure that the information extraction is contextual and aligns with the provided criteria.\n### Instructions\n{instruction}\n### Structure\nHere is the structure of the expected output, I should always follow the output structure.\n{schema}"
-        );
-        let messages = vec![
-            ChatMessage { role: "system".into(), content: system, files: Vec::new() },
-            ChatMessage { role: "user".into(), content: query.clone(), files: Vec::new() },
-        ];
-        let call = self.model.call(ctx, messages, Some(schema));
-        let inputs = map_of([("query", Value::from(query))]);
+        let schema_json = crate::pyfmt::json_dumps_ascii(&schema);
+        let mut tools = Vec::new();
+        let messages = if self.function_call && calls_tools {
+            tools.push(extractor_prompt::function_call_tool(schema.to_json()));
+            extractor_prompt::function_call(&query, &schema_json, &instruction, &histories)
+        } else if completion {
+            extractor_prompt::completion(&query, &schema_json, &instruction, &histories)
+        } else {
+            extractor_prompt::chat(&query, &schema_json, &instruction, &histories)
+        };
+        let messages =
+            messages.into_iter().map(|message| ChatMessage { content: render_references(ctx, &message.content), ..message }).collect();
+        let mut call = self.model.call(ctx, messages, None);
+        call.tools = tools;
         let parameters = self.parameters.clone();
         Exec::Pending(Box::pin(async move {
             let discard: TextSink = Arc::new(|_: &str| {});
@@ -601,12 +642,15 @@ impl ParameterExtractorNode {
                     };
                 }
             };
-            let (result, mut error) = match extract_json_object(&reply.text) {
-                Some(result) => (result, None),
-                None => (
-                    default_result(&parameters),
-                    Some("Failed to extract result from function call or text response, using empty result.".to_owned()),
-                ),
+            let (result, mut error) = match reply.tool_calls.first() {
+                Some(tool_call) => (first_json_object(&tool_call.arguments).unwrap_or_default(), None),
+                None => match first_json_object(&reply.text) {
+                    Some(result) => (result, None),
+                    None => (
+                        default_result(&parameters),
+                        Some("Failed to extract result from function call or text response, using empty result.".to_owned()),
+                    ),
+                },
             };
             if let Err(message) = validate_parameters(&parameters, &result) {
                 error = Some(message);
@@ -627,19 +671,53 @@ impl ParameterExtractorNode {
     }
 }
 
-/// The first JSON object in the text (Dify scans for `{`/`[` and keeps the first that parses
-/// to a mapping).
-fn extract_json_object(text: &str) -> Option<Map> {
-    for (index, ch) in text.char_indices() {
-        if ch != '{' && ch != '[' {
+/// graphon renders the finished prompt texts as templates once more, so a `{{#node.var#}}` in
+/// the query or in an instruction's value is filled in too.
+fn render_references(ctx: &NodeCtx<'_>, text: &str) -> String {
+    if !text.contains("{{#") {
+        return text.to_owned();
+    }
+    TextTemplate::compile(text, &ctx.plan.resolver()).render(ctx.pool, Render::Text)
+}
+
+/// graphon's `extract_json`: from an opening bracket, the text up to the bracket that closes
+/// it, counting brackets only (not strings), or up to a mismatched one.
+fn bracketed(text: &str) -> Option<&str> {
+    let mut stack = Vec::new();
+    for (index, byte) in text.bytes().enumerate() {
+        match byte {
+            b'{' | b'[' => stack.push(byte),
+            b'}' | b']' => {
+                let opening = if byte == b'}' { b'{' } else { b'[' };
+                match stack.last() {
+                    None => return Some(&text[..index]),
+                    Some(last) if *last == opening => {
+                        stack.pop();
+                        if stack.is_empty() {
+                            return Some(&text[..=index]);
+                        }
+                    }
+                    Some(_) => return Some(&text[..index]),
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The first JSON object in the text, found as graphon does: each opening bracket in turn,
+/// cut with [`bracketed`], parsed as Python's `json.loads` would, kept if it is a mapping.
+fn first_json_object(text: &str) -> Option<Map> {
+    for (index, byte) in text.bytes().enumerate() {
+        if byte != b'{' && byte != b'[' {
             continue;
         }
-        let mut stream = serde_json::Deserializer::from_str(&text[index..]).into_iter::<serde_json::Value>();
-        if let Some(Ok(serde_json::Value::Object(map))) = stream.next() {
-            return match Value::from(serde_json::Value::Object(map)) {
-                Value::Object(map) => Some((*map).clone()),
-                _ => None,
-            };
+        let Some(candidate) = bracketed(&text[index..]).filter(|candidate| !candidate.is_empty()) else { continue };
+        if let Ok(serde_json::Value::Object(map)) = crate::pyfmt::json_loads(candidate)
+            && let Value::Object(map) = Value::from(serde_json::Value::Object(map))
+        {
+            return Some((*map).clone());
         }
     }
     None
@@ -649,9 +727,9 @@ fn default_result(parameters: &[Parameter]) -> Map {
     let mut result = Map::default();
     for parameter in parameters {
         let value = match parameter.kind {
-            Some(SegType::Number) => Value::Int(0),
-            Some(SegType::Boolean) => Value::Bool(false),
-            Some(SegType::String) => Value::str(""),
+            SegType::Number => Value::Int(0),
+            SegType::Boolean => Value::Bool(false),
+            SegType::String => Value::str(""),
             _ => continue,
         };
         result.insert(parameter.name.clone(), value);
@@ -668,9 +746,7 @@ fn validate_parameters(parameters: &[Parameter], result: &Map) -> Result<(), Str
             return Err(format!("Parameter {name} is required"));
         }
         let value = result.get(&**name).cloned().unwrap_or_default();
-        if let Some(kind) = kind
-            && !kind.accepts(&value)
-        {
+        if !python_accepts(*kind, &value) {
             return Err(format!(
                 "Invalid value for parameter {name}, expected segment type: {}, actual_type: {}, python_type: {}, value: {}",
                 kind.as_str(),
@@ -679,7 +755,7 @@ fn validate_parameters(parameters: &[Parameter], result: &Map) -> Result<(), Str
                 crate::pyfmt::py_str(&value)
             ));
         }
-        if kind == &Some(SegType::String)
+        if *kind == SegType::String
             && let Some(options) = options
             && !value.as_str().is_some_and(|text| options.iter().any(|option| option == text))
         {
@@ -689,44 +765,63 @@ fn validate_parameters(parameters: &[Parameter], result: &Map) -> Result<(), Str
     Ok(())
 }
 
-fn transform_parameter(kind: Option<SegType>, value: Option<&Value>) -> Value {
-    let default = || match kind {
-        Some(SegType::Number) => Value::Int(0),
-        Some(SegType::Boolean) => Value::Bool(false),
-        Some(SegType::String) => Value::str(""),
-        Some(array) if array.is_array() => Value::array(Vec::new()),
-        _ => Value::None,
-    };
-    let Some(value) = value else { return default() };
-    match kind {
-        Some(SegType::Number) => match value {
-            Value::Int(_) | Value::Float(_) => value.clone(),
-            Value::Str(text) => crate::pyfmt::parse_float(text).map_or_else(
-                |_| default(),
-                |float| {
-                    if text.contains('.') { Value::Float(float) } else { Value::Int(float as i64) }
-                },
-            ),
-            _ => default(),
-        },
-        Some(SegType::Boolean) => match value {
-            Value::Bool(_) => value.clone(),
-            Value::Str(text) => Value::Bool(text.eq_ignore_ascii_case("true")),
-            _ => default(),
-        },
-        Some(SegType::String) => match value {
-            Value::Str(_) => value.clone(),
-            _ => default(),
-        },
-        Some(array) if array.is_array() => match value {
-            Value::Array(items) => {
-                let element = array.element();
-                Value::array(items.iter().filter(|item| element.is_none_or(|element| element.accepts(item))).cloned().collect())
-            }
-            _ => default(),
-        },
-        _ => value.clone(),
+/// graphon's `SegmentType.is_valid`, which checks with `isinstance`: a Python bool is an int,
+/// so booleans pass as numbers.
+fn python_accepts(kind: SegType, value: &Value) -> bool {
+    let number_like = |value: &Value| matches!(value, Value::Int(_) | Value::Float(_) | Value::Bool(_));
+    match (kind, value) {
+        (SegType::Number, value) => number_like(value),
+        (SegType::ArrayNumber, Value::Array(items)) => items.iter().all(number_like),
+        _ => kind.accepts(value),
     }
+}
+
+/// graphon's `_transform_number`: booleans count as 0/1, a string is a float when it has a
+/// dot and an int otherwise; anything else does not convert.
+fn to_number(value: &Value) -> Option<Value> {
+    match value {
+        Value::Bool(flag) => Some(Value::Int(i64::from(*flag))),
+        Value::Int(_) | Value::Float(_) => Some(value.clone()),
+        Value::Str(text) if text.contains('.') => crate::pyfmt::parse_float(text).ok().map(Value::Float),
+        Value::Str(text) => crate::pyfmt::parse_int(text).ok().map(Value::Int),
+        _ => None,
+    }
+}
+
+/// The value as graphon's `_transform_result` leaves it: converted to the parameter's type
+/// where it can be, else the type's default (array items that do not convert are dropped).
+fn transform_parameter(kind: SegType, value: Option<&Value>) -> Value {
+    let converted = value.and_then(|value| match kind {
+        SegType::Number => to_number(value),
+        SegType::Boolean => match value {
+            Value::Bool(_) => Some(value.clone()),
+            Value::Int(int) => Some(Value::Bool(*int != 0)),
+            _ => None,
+        },
+        SegType::String => matches!(value, Value::Str(_)).then(|| value.clone()),
+        array if array.is_array() => match value {
+            Value::Array(items) => Some(Value::array(
+                items
+                    .iter()
+                    .filter_map(|item| match array.element() {
+                        Some(SegType::Number) => to_number(item),
+                        Some(SegType::String) => matches!(item, Value::Str(_)).then(|| item.clone()),
+                        Some(SegType::Object) => matches!(item, Value::Object(_)).then(|| item.clone()),
+                        Some(SegType::Boolean) => matches!(item, Value::Bool(_)).then(|| item.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        },
+        _ => None,
+    });
+    converted.unwrap_or_else(|| match kind {
+        SegType::Number => Value::Int(0),
+        SegType::Boolean => Value::Bool(false),
+        SegType::String => Value::str(""),
+        _ => Value::array(Vec::new()),
+    })
 }
 
 #[cfg(test)]

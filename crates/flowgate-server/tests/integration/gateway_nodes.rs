@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use flowgate_dsl::{AppMode, Document};
-use flowgate_engine::inputs::RunRequest;
+use flowgate_engine::inputs::{PastTurn, RunRequest};
 use flowgate_engine::value::MapRef;
 use flowgate_engine::{Engine, Plan, Ports};
 use flowgate_mock_upstream::{Behaviour, MockUpstream};
@@ -100,4 +100,142 @@ fn strip_usage(value: &mut Json) {
         Json::Array(items) => items.iter_mut().for_each(strip_usage),
         _ => {}
     }
+}
+
+/// The parameter extractor through the gateway, against graphon's own prompts: every request
+/// the mock upstream receives (messages, tool calls and their ids' pairing, tools, stop) must
+/// be the prompt graphon built for the same node, conversation and model, and the node
+/// outputs graphon's for the same replies. `tests/conformance/model_prompts.py` recorded them;
+/// the models file's `tool_calls` plays the model's `tool-call` feature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_extractor_prompts_are_graphons() {
+    let folder = repo_root().join("tests/conformance/model-prompts");
+    let cases: Vec<Json> = serde_json::from_str(&std::fs::read_to_string(folder.join("cases.json")).unwrap()).unwrap();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let id = case["id"].as_str().unwrap();
+        let expected: Json = serde_json::from_str(&std::fs::read_to_string(folder.join(format!("expected/{id}.json"))).unwrap()).unwrap();
+        let calls = expected["calls"].as_array().unwrap();
+        let mock = MockUpstream::start().unwrap();
+        let answers = calls
+            .iter()
+            .map(|call| {
+                let reply = &case["replies"][call["node_id"].as_str().unwrap()];
+                let behaviour = Behaviour::reply(reply["text"].as_str().unwrap());
+                match reply.get("tool_call") {
+                    Some(tool) => behaviour.calling(tool["name"].as_str().unwrap(), tool["arguments"].as_str().unwrap()),
+                    None => behaviour,
+                }
+            })
+            .collect();
+        mock.script("upstream-model", answers);
+        let yaml = format!(
+            "models:\n  - name: main\n    tool_calls: {}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
+            case["tool_calls"],
+            mock.base_url()
+        );
+        let gateway =
+            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, None))), ..Ports::default() };
+        let document = Document::load(&std::fs::read_to_string(folder.join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
+        let plan = Arc::new(Plan::compile(&document).unwrap());
+        let history: Vec<PastTurn> = case["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|turn| PastTurn { query: turn[0].as_str().unwrap().into(), answer: turn[1].as_str().unwrap().into() })
+            .collect();
+        let request = RunRequest {
+            inputs: flowgate_engine::value::map_from_json(case["inputs"].as_object().unwrap()),
+            query: case["query"].as_str().map(str::to_owned),
+            user_id: "oracle-user".into(),
+            conversation_id: Some("oracle-conversation".into()),
+            dialogue_count: Some(history.len() as i64 + 1),
+            history: history.into(),
+            ..RunRequest::default()
+        };
+        let mut events = Vec::new();
+        let summary = Engine::new(ports).run(&plan, request, &mut events, None).await.unwrap();
+        let status = match expected["status"].as_str().unwrap() {
+            "partial-succeeded" => flowgate_engine::RunStatus::PartialSucceeded,
+            _ => flowgate_engine::RunStatus::Succeeded,
+        };
+        assert_eq!(summary.status, status, "{id}: {:?}", summary.error);
+        assert_eq!(json!(summary.answer), expected["answer"], "{id}");
+
+        let received = mock.received();
+        assert_eq!(received.len(), calls.len(), "{id}: one upstream call per extractor that asks");
+        for (call, request) in calls.iter().zip(&received) {
+            let node = call["node_id"].as_str().unwrap();
+            assert_eq!(same_ids(&request.body["messages"]), same_ids(&wire_messages(&call["messages"])), "{id}: {node}: messages");
+            let tools: Vec<Json> =
+                call["tools"].as_array().unwrap().iter().map(|tool| json!({"type": "function", "function": tool})).collect();
+            assert_eq!(request.body.get("tools").cloned().unwrap_or(json!([])), json!(tools), "{id}: {node}: tools");
+            assert_eq!(request.body.get("stop").cloned().unwrap_or(json!([])), call["stop"], "{id}: {node}: stop");
+        }
+
+        for (node, want) in expected["nodes"].as_object().unwrap() {
+            let finished = events
+                .iter()
+                .find_map(|event| match event {
+                    flowgate_engine::RunEvent::NodeFinished(finished) if &*finished.info.node_id == node => Some(finished),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{id}: {node} did not finish"));
+            let mut outputs = serde_json::to_value(MapRef(finished.outputs.as_deref().unwrap())).unwrap();
+            let mut want_outputs = want["outputs"].clone();
+            // Usage comes from the upstream (the mock counts tokens; graphon's mock reported none).
+            for value in [&mut outputs, &mut want_outputs] {
+                value.as_object_mut().unwrap().remove("__usage");
+            }
+            assert_eq!(outputs, want_outputs, "{id}: {node}: outputs");
+            assert_eq!(json!(finished.error), want["error"], "{id}: {node}: error");
+        }
+    }
+}
+
+/// graphon's recorded messages as OpenAI's wire writes them.
+fn wire_messages(messages: &Json) -> Json {
+    let messages = messages.as_array().unwrap().iter().map(|message| {
+        let mut wire = json!({"role": message["role"], "content": message["content"]});
+        if let Some(calls) = message.get("tool_calls") {
+            wire["tool_calls"] = calls
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|call| json!({"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}))
+                .collect();
+        }
+        if let Some(id) = message.get("tool_call_id") {
+            wire["tool_call_id"] = id.clone();
+        }
+        wire
+    });
+    Json::Array(messages.collect())
+}
+
+/// Tool call ids are random (uuid4 in graphon too): each becomes its order of first use, so
+/// the comparison still checks that a tool message answers the call before it.
+fn same_ids(messages: &Json) -> Json {
+    let mut seen: Vec<String> = Vec::new();
+    let mut rename = |id: &Json| {
+        let id = id.as_str().unwrap().to_owned();
+        let index = seen.iter().position(|known| *known == id).unwrap_or_else(|| {
+            seen.push(id);
+            seen.len() - 1
+        });
+        json!(format!("id-{index}"))
+    };
+    let mut messages = messages.clone();
+    for message in messages.as_array_mut().unwrap() {
+        if let Some(calls) = message.get_mut("tool_calls").and_then(Json::as_array_mut) {
+            for call in calls {
+                call["id"] = rename(&call["id"]);
+            }
+        }
+        if let Some(id) = message.get("tool_call_id").cloned() {
+            message["tool_call_id"] = rename(&id);
+        }
+    }
+    messages
 }
