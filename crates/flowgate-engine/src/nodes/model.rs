@@ -115,12 +115,18 @@ fn memory_turns(memory: Option<&serde_json::Value>) -> usize {
     }
 }
 
-/// The classifier reads `memory.window.size` turns whether or not the window is switched on
-/// (graphon passes the size as the message limit), else TokenBufferMemory's 500.
-fn classifier_memory_turns(memory: Option<&serde_json::Value>) -> Option<usize> {
+/// The classifier and the extractor read `memory.window.size` turns whether or not the window
+/// is switched on (graphon passes the size as the message limit), else TokenBufferMemory's 500.
+fn histories_memory_turns(memory: Option<&serde_json::Value>) -> Option<usize> {
     let memory = memory.filter(|memory| memory.is_object())?;
     let size = memory.pointer("/window/size").and_then(serde_json::Value::as_u64).filter(|size| *size > 0);
     Some(size.map_or(MEMORY_TURNS_UNWINDOWED, |size| (size as usize).min(MEMORY_TURNS_UNWINDOWED)))
+}
+
+/// The `<histories>` text of the classifier's and the extractor's prompts: the latest `turns`
+/// of the conversation, or nothing without memory.
+fn histories_text(ctx: &NodeCtx<'_>, turns: Option<usize>) -> String {
+    turns.map_or_else(String::new, |turns| classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]))
 }
 
 /// Dify's `query_prompt_template` of a node with memory; empty means the user's query itself.
@@ -376,7 +382,7 @@ impl QuestionClassifierNode {
                 })
                 .collect(),
             instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
-            memory_turns: classifier_memory_turns(data.memory.as_ref()),
+            memory_turns: histories_memory_turns(data.memory.as_ref()),
         }
     }
 
@@ -402,10 +408,7 @@ impl QuestionClassifierNode {
             })
             .collect();
         let categories_json = crate::pyfmt::json_dumps(&Value::array(categories), None);
-        let histories = match self.memory_turns {
-            Some(turns) => classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]),
-            None => String::new(),
-        };
+        let histories = histories_text(ctx, self.memory_turns);
         let messages = if self.model.mode == "completion" {
             classifier_prompt::completion_messages(&query, &categories_json, &instruction, &histories)
         } else {
@@ -554,7 +557,7 @@ impl ParameterExtractorNode {
                 .collect(),
             instruction: TextTemplate::compile(data.instruction.as_deref().unwrap_or(""), resolver),
             function_call: data.reasoning_mode.as_deref() == Some("function_call"),
-            memory_turns: classifier_memory_turns(data.memory.as_ref()),
+            memory_turns: histories_memory_turns(data.memory.as_ref()),
         }
     }
 
@@ -606,10 +609,7 @@ impl ParameterExtractorNode {
             return Exec::Done(NodeResult::failed("Model mode completion not support.", "WorkflowNodeError").with_inputs(inputs));
         }
         let instruction = self.instruction.render(ctx.pool, Render::Text);
-        let histories = match self.memory_turns {
-            Some(turns) => classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]),
-            None => String::new(),
-        };
+        let histories = histories_text(ctx, self.memory_turns);
         let schema = self.schema();
         let schema_json = crate::pyfmt::json_dumps_ascii(&schema);
         let mut tools = Vec::new();
@@ -714,10 +714,8 @@ fn first_json_object(text: &str) -> Option<Map> {
             continue;
         }
         let Some(candidate) = bracketed(&text[index..]).filter(|candidate| !candidate.is_empty()) else { continue };
-        if let Ok(serde_json::Value::Object(map)) = crate::pyfmt::json_loads(candidate)
-            && let Value::Object(map) = Value::from(serde_json::Value::Object(map))
-        {
-            return Some((*map).clone());
+        if let Ok(serde_json::Value::Object(map)) = crate::pyfmt::json_loads(candidate) {
+            return Some(crate::value::map_from_json(&map));
         }
     }
     None
