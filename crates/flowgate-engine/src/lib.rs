@@ -5,6 +5,7 @@
 //! outside world only through the [`ports`] traits.
 
 pub mod condition;
+pub mod decimal;
 pub mod event;
 mod ids;
 pub mod inputs;

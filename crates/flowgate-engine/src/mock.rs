@@ -151,7 +151,7 @@ impl ModelPort for MockPorts {
             Ok(ModelReply {
                 text,
                 reasoning_content: String::new(),
-                usage: Usage { currency: "USD".into(), ..Usage::default() },
+                usage: Usage::default(),
                 finish_reason: Some("stop".into()),
                 structured_output,
                 tool_calls: Vec::new(),

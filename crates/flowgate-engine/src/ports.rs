@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::decimal::Decimal;
 use crate::value::{File, Map, Value};
 
 /// Who is asking: enough for an implementation to attribute, limit and log a call.
@@ -164,48 +165,83 @@ pub struct ModelCall {
     pub tools: Vec<ToolDefinition>,
 }
 
-/// Token usage and price, in Dify's `LLMUsage` shape.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Token usage and price, in Dify's `LLMUsage` shape. Prices are `tokens × unit price × price
+/// unit` (the unit is the price's token count, `0.000001` for a price per million tokens).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: i64,
+    pub prompt_unit_price: Decimal,
+    pub prompt_price_unit: Decimal,
+    pub prompt_price: Decimal,
     pub completion_tokens: i64,
+    pub completion_unit_price: Decimal,
+    pub completion_price_unit: Decimal,
+    pub completion_price: Decimal,
     pub total_tokens: i64,
-    pub prompt_price: f64,
-    pub completion_price: f64,
-    pub total_price: f64,
+    pub total_price: Decimal,
     pub currency: String,
     pub latency: f64,
 }
 
+impl Default for Usage {
+    /// Dify's `LLMUsage.empty_usage()`.
+    fn default() -> Self {
+        Self {
+            prompt_tokens: 0,
+            prompt_unit_price: Decimal::default(),
+            prompt_price_unit: Decimal::default(),
+            prompt_price: Decimal::default(),
+            completion_tokens: 0,
+            completion_unit_price: Decimal::default(),
+            completion_price_unit: Decimal::default(),
+            completion_price: Decimal::default(),
+            total_tokens: 0,
+            total_price: Decimal::default(),
+            currency: "USD".into(),
+            latency: 0.0,
+        }
+    }
+}
+
 impl Usage {
+    /// Dify's `LLMUsage.plus`: a usage with no tokens yet is replaced whole by the other, and
+    /// the sum keeps the other's unit prices and currency.
     pub fn plus(&self, other: &Usage) -> Usage {
+        if self.total_tokens == 0 {
+            return other.clone();
+        }
         Usage {
             prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            prompt_unit_price: other.prompt_unit_price,
+            prompt_price_unit: other.prompt_price_unit,
+            prompt_price: self.prompt_price.plus(other.prompt_price),
             completion_tokens: self.completion_tokens + other.completion_tokens,
+            completion_unit_price: other.completion_unit_price,
+            completion_price_unit: other.completion_price_unit,
+            completion_price: self.completion_price.plus(other.completion_price),
             total_tokens: self.total_tokens + other.total_tokens,
-            prompt_price: self.prompt_price + other.prompt_price,
-            completion_price: self.completion_price + other.completion_price,
-            total_price: self.total_price + other.total_price,
-            currency: if self.currency.is_empty() { other.currency.clone() } else { self.currency.clone() },
+            total_price: self.total_price.plus(other.total_price),
+            currency: other.currency.clone(),
             latency: self.latency + other.latency,
         }
     }
 
-    /// The usage mapping Dify puts in node outputs.
+    /// The usage mapping Dify puts in node outputs and `message_end`; prices are
+    /// `str(Decimal)`.
     pub fn to_value(&self) -> Value {
-        let price = |amount: f64| Value::from(format!("{amount:?}"));
+        let price = |amount: Decimal| Value::from(amount.to_string());
         Value::object(crate::value::map_of([
             ("prompt_tokens", Value::Int(self.prompt_tokens)),
-            ("prompt_unit_price", Value::str("0.0")),
-            ("prompt_price_unit", Value::str("0.0")),
+            ("prompt_unit_price", price(self.prompt_unit_price)),
+            ("prompt_price_unit", price(self.prompt_price_unit)),
             ("prompt_price", price(self.prompt_price)),
             ("completion_tokens", Value::Int(self.completion_tokens)),
-            ("completion_unit_price", Value::str("0.0")),
-            ("completion_price_unit", Value::str("0.0")),
+            ("completion_unit_price", price(self.completion_unit_price)),
+            ("completion_price_unit", price(self.completion_price_unit)),
             ("completion_price", price(self.completion_price)),
             ("total_tokens", Value::Int(self.total_tokens)),
             ("total_price", price(self.total_price)),
-            ("currency", Value::str(if self.currency.is_empty() { "USD" } else { &self.currency })),
+            ("currency", Value::str(self.currency.as_str())),
             ("latency", Value::Float((self.latency * 1000.0).round() / 1000.0)),
         ]))
     }

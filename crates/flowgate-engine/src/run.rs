@@ -985,8 +985,8 @@ impl Runner<'_> {
         let inputs = map_of([("iterator_selector", Value::Array(run.items.clone()))]);
         let metadata = map_of([
             ("total_tokens", Value::Int(run.usage.total_tokens)),
-            ("total_price", Value::from(format!("{:?}", run.usage.total_price))),
-            ("currency", Value::str("USD")),
+            ("total_price", Value::from(run.usage.total_price.to_string())),
+            ("currency", Value::str(run.usage.currency.as_str())),
             ("iteration_duration_map", Value::object(run.durations.clone())),
         ]);
         let flatten = self.iteration_spec(node).is_some_and(|spec| spec.flatten);
@@ -1143,8 +1143,8 @@ impl Runner<'_> {
         };
         let metadata = map_of([
             ("total_tokens", Value::Int(run.usage.total_tokens)),
-            ("total_price", Value::from(format!("{:?}", run.usage.total_price))),
-            ("currency", Value::str("USD")),
+            ("total_price", Value::from(run.usage.total_price.to_string())),
+            ("currency", Value::str(run.usage.currency.as_str())),
             ("loop_duration_map", Value::object(run.durations.clone())),
             ("loop_variable_map", Value::object(run.variable_map.clone())),
             ("completed_reason", Value::str(reason)),

@@ -1,5 +1,6 @@
-//! A mock LLM upstream: OpenAI chat completions and embeddings, Anthropic messages, and a
-//! `/metrics` endpoint like vLLM's, over real HTTP. Each model name follows a script of
+//! A mock LLM upstream: OpenAI chat completions and embeddings, Anthropic messages, Gemini's
+//! generateContent (streamed and not) and batchEmbedContents, and a `/metrics` endpoint like
+//! vLLM's, over real HTTP. Each model name follows a script of
 //! behaviours (one per request, the last repeated): latency before the response head, time to
 //! the first token, errors with the provider's own status and body, 429 with `Retry-After`, and
 //! streams that die before or after their first token. The gateway's tests drive it in-process;
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,6 +50,8 @@ pub struct Behaviour {
     /// streamed in two pieces).
     pub tool_call: Option<(String, String)>,
     pub stream_failure: Option<StreamFailure>,
+    /// The (prompt, completion) token counts to report instead of counting words.
+    pub usage: Option<(u64, u64)>,
 }
 
 impl Default for Behaviour {
@@ -65,6 +68,7 @@ impl Default for Behaviour {
             reasoning: None,
             tool_call: None,
             stream_failure: None,
+            usage: None,
         }
     }
 }
@@ -110,6 +114,12 @@ impl Behaviour {
 
     pub fn calling(mut self, name: &str, arguments: &str) -> Self {
         self.tool_call = Some((name.to_owned(), arguments.to_owned()));
+        self
+    }
+
+    /// Reports these token counts, as a real model's tokenizer would.
+    pub fn reporting(mut self, prompt_tokens: u64, completion_tokens: u64) -> Self {
+        self.usage = Some((prompt_tokens, completion_tokens));
         self
     }
 
@@ -163,6 +173,11 @@ impl Shared {
     }
 
     fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
+        self.record_for(body["model"].as_str().unwrap_or_default(), path, headers, body);
+    }
+
+    /// Records a request whose model is not in its body (Gemini names it in the path).
+    fn record_for(&self, model: &str, path: &str, headers: &HeaderMap, body: &Value) {
         if !self.record {
             return;
         }
@@ -170,9 +185,10 @@ impl Shared {
             .get(header::AUTHORIZATION)
             .or_else(|| headers.get("x-api-key"))
             .or_else(|| headers.get("api-key"))
+            .or_else(|| headers.get("x-goog-api-key"))
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let model = model.to_owned();
         if let Ok(mut received) = self.received.lock() {
             received.push(Received { path: path.to_owned(), model, authorization, body: body.clone() });
         }
@@ -248,6 +264,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{call}", post(gemini))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -323,6 +340,7 @@ fn last_user_message(body: &Value) -> String {
 enum Wire {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 fn error_response(behaviour: &Behaviour, wire: Wire) -> Response {
@@ -335,6 +353,15 @@ fn error_response(behaviour: &Behaviour, wire: Wire) -> Response {
             "code": behaviour.error_code,
         }}),
         Wire::Anthropic => json!({"type": "error", "error": {"type": behaviour.error_code, "message": behaviour.error_message}}),
+        // Google's errors carry the status name; a 429 says when to come back in RetryInfo,
+        // not in a header.
+        Wire::Gemini => {
+            let mut error = json!({"code": behaviour.status, "message": behaviour.error_message, "status": behaviour.error_code});
+            if let Some(seconds) = &behaviour.retry_after {
+                error["details"] = json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{seconds}s")}]);
+            }
+            return (status, axum::Json(json!({"error": error}))).into_response();
+        }
     };
     let mut response = (status, axum::Json(body)).into_response();
     if let Some(seconds) = behaviour.retry_after.as_deref().and_then(|value| HeaderValue::from_str(value).ok()) {
@@ -427,8 +454,8 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Ur
     }
     let reply = behaviour.reply.clone().unwrap_or_else(|| last_user_message(&body));
     let tokens = tokens_of(&reply);
-    let prompt = prompt_tokens(&body);
-    let usage = json!({"prompt_tokens": prompt, "completion_tokens": tokens.len(), "total_tokens": prompt + tokens.len() as u64});
+    let (prompt, completion) = behaviour.usage.unwrap_or((prompt_tokens(&body), tokens.len() as u64));
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     let id = format!("chatcmpl-mock-{}", now_seconds());
     let created = now_seconds();
     let finish = if behaviour.tool_call.is_some() { "tool_calls" } else { "stop" };
@@ -504,7 +531,7 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
     }
     let reply = behaviour.reply.clone().unwrap_or_else(|| last_user_message(&body));
     let tokens = tokens_of(&reply);
-    let prompt = prompt_tokens(&body);
+    let (prompt, completion) = behaviour.usage.unwrap_or((prompt_tokens(&body), tokens.len() as u64));
     let id = format!("msg_mock_{}", now_seconds());
     let stop_reason = if behaviour.tool_call.is_some() { "tool_use" } else { "end_turn" };
     if body["stream"] != json!(true) {
@@ -517,7 +544,7 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": content,
             "stop_reason": stop_reason, "stop_sequence": null,
-            "usage": {"input_tokens": prompt, "output_tokens": tokens.len()},
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
         }))
         .into_response();
     }
@@ -556,7 +583,7 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
     }
     frames.push(anthropic_sse(
         "message_delta",
-        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": tokens.len()}}),
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": completion}}),
     ));
     frames.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
     event_stream(frames, tokens_at, behaviour)
@@ -623,4 +650,133 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         metrics.requests_running, metrics.requests_waiting, metrics.kv_cache_usage
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The signature the mock puts on its function calls, as Gemini's thinking models do.
+pub const GEMINI_THOUGHT_SIGNATURE: &str = "bW9jay10aG91Z2h0LXNpZ25hdHVyZQ==";
+
+fn gemini_error(status: StatusCode, name: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": status.as_u16(), "message": message, "status": name}}))).into_response()
+}
+
+/// The text of Gemini `parts`.
+fn parts_text(parts: &Value) -> String {
+    parts.as_array().into_iter().flatten().filter_map(|part| part["text"].as_str()).collect()
+}
+
+/// `POST /v1beta/models/{model}:{method}`: generateContent, streamGenerateContent (`alt=sse`
+/// gives SSE, else one JSON array) and batchEmbedContents.
+async fn gemini(
+    State(shared): State<Arc<Shared>>,
+    Path(call): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((model, method)) = call.split_once(':') else {
+        return gemini_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Method not found.");
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return gemini_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Invalid JSON payload received.");
+    };
+    shared.record_for(model, uri.path(), &headers, &body);
+    if headers.get("x-goog-api-key").is_none() && !uri.query().unwrap_or_default().contains("key=") {
+        return gemini_error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        );
+    }
+    if method == "batchEmbedContents" {
+        return gemini_embeddings(&shared, model, &body).await;
+    }
+    if !matches!(method, "generateContent" | "streamGenerateContent") {
+        return gemini_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Method not found.");
+    }
+    let Some(contents) = body["contents"].as_array().filter(|contents| !contents.is_empty()) else {
+        return gemini_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified");
+    };
+    let behaviour = shared.next(model);
+    pause(behaviour.latency).await;
+    if behaviour.status != 200 {
+        return error_response(&behaviour, Wire::Gemini);
+    }
+    let reply = behaviour.reply.clone().unwrap_or_else(|| {
+        contents.iter().rev().find(|content| content["role"] == "user").map(|content| parts_text(&content["parts"])).unwrap_or_default()
+    });
+    let tokens = tokens_of(&reply);
+    let characters: usize = contents.iter().map(|content| parts_text(&content["parts"]).chars().count()).sum::<usize>()
+        + parts_text(&body["systemInstruction"]["parts"]).chars().count();
+    let (prompt, completion) = behaviour.usage.unwrap_or((characters.div_ceil(4) as u64, tokens.len() as u64));
+    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion});
+    let call_part = behaviour.tool_call.as_ref().map(|(name, arguments)| {
+        let args: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+        json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": GEMINI_THOUGHT_SIGNATURE})
+    });
+    let chunk = |parts: Vec<Value>, last: bool| {
+        let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        let mut chunk = json!({"candidates": [], "modelVersion": model, "responseId": "mock-response"});
+        if last {
+            candidate["finishReason"] = json!("STOP");
+            chunk["usageMetadata"] = usage.clone();
+        } else {
+            chunk["usageMetadata"] = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
+        }
+        chunk["candidates"] = json!([candidate]);
+        chunk
+    };
+    if method == "generateContent" {
+        let mut parts = Vec::new();
+        if let Some(reasoning) = &behaviour.reasoning {
+            parts.push(json!({"text": reasoning, "thought": true}));
+        }
+        if !reply.is_empty() || call_part.is_none() {
+            parts.push(json!({"text": reply}));
+        }
+        parts.extend(call_part);
+        return axum::Json(chunk(parts, true)).into_response();
+    }
+    let mut chunks: Vec<Value> = Vec::new();
+    if let Some(reasoning) = &behaviour.reasoning {
+        chunks.push(chunk(vec![json!({"text": reasoning, "thought": true})], false));
+    }
+    let tokens_at = chunks.len();
+    let mut pieces: Vec<Vec<Value>> = tokens.iter().map(|token| vec![json!({"text": token})]).collect();
+    if let Some(part) = call_part {
+        pieces.push(vec![part]);
+    }
+    if pieces.is_empty() {
+        pieces.push(vec![json!({"text": ""})]);
+    }
+    let count = pieces.len();
+    chunks.extend(pieces.into_iter().enumerate().map(|(index, parts)| chunk(parts, index + 1 == count)));
+    if !uri.query().unwrap_or_default().contains("alt=sse") {
+        return axum::Json(Value::Array(chunks)).into_response();
+    }
+    // Google ends each event with CRLF CRLF and closes the stream without an end marker.
+    let frames = chunks.iter().map(|chunk| Bytes::from(format!("data: {chunk}\r\n\r\n"))).collect();
+    event_stream(frames, tokens_at, behaviour)
+}
+
+async fn gemini_embeddings(shared: &Shared, model: &str, body: &Value) -> Response {
+    let behaviour = shared.next(model);
+    pause(behaviour.latency).await;
+    if behaviour.status != 200 {
+        return error_response(&behaviour, Wire::Gemini);
+    }
+    let Some(requests) = body["requests"].as_array() else {
+        return gemini_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "* BatchEmbedContentsRequest.requests: requests is not specified",
+        );
+    };
+    let embeddings: Vec<Value> = requests
+        .iter()
+        .map(|request| {
+            let dimensions = request["outputDimensionality"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+            json!({"values": embedding_of(&parts_text(&request["content"]["parts"]), dimensions)})
+        })
+        .collect();
+    axum::Json(json!({"embeddings": embeddings})).into_response()
 }

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use flowgate_engine::decimal::Decimal;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -121,6 +122,30 @@ struct RawModel {
     /// Whether the targets accept `tools` (Dify's `tool-call` model feature).
     #[serde(default)]
     tool_calls: Option<bool>,
+    /// The price of every target that sets none of its own.
+    #[serde(default)]
+    pricing: Option<RawPricing>,
+}
+
+/// Dify's model `pricing`: `input` and `output` per `unit` tokens (`unit: 0.000001` is a price
+/// per million tokens).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    input: RawDecimal,
+    #[serde(default)]
+    output: Option<RawDecimal>,
+    unit: RawDecimal,
+    #[serde(default)]
+    currency: Option<String>,
+}
+
+/// A price written as a YAML number or, to keep every digit, a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDecimal {
+    Text(String),
+    Number(f64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +166,8 @@ struct RawTarget {
     deployment: Option<String>,
     #[serde(default)]
     api_version: Option<String>,
+    #[serde(default)]
+    pricing: Option<RawPricing>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +236,8 @@ pub enum Provider {
         api_version: String,
     },
     Anthropic,
+    /// Google's Gemini API (`generateContent`), key in `x-goog-api-key`.
+    Gemini,
 }
 
 /// One upstream: a provider endpoint and model, with one or more keys that rotate.
@@ -222,6 +251,19 @@ pub struct TargetConfig {
     pub api_keys: Vec<String>,
     pub weight: u32,
     pub metrics_url: Option<String>,
+    /// What this target's tokens cost; without it prices are zero, as in Dify.
+    pub pricing: Option<Pricing>,
+}
+
+/// What a target's tokens cost, as Dify's `PriceConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pricing {
+    pub input: Decimal,
+    /// No output price: completion tokens cost nothing (and report a zero unit price).
+    pub output: Option<Decimal>,
+    /// How many tokens a price is for, as a fraction: `0.000001` for per million.
+    pub unit: Decimal,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone)]
@@ -293,8 +335,15 @@ impl GatewayConfig {
                 }
             }
             let mut targets = Vec::new();
+            let model_pricing = match raw_model.pricing.as_ref().map(pricing).transpose() {
+                Ok(parsed) => parsed,
+                Err(message) => {
+                    problems.push(ConfigProblem { line, message: format!("model `{}`: {message}", raw_model.name) });
+                    None
+                }
+            };
             for target in &raw_model.targets {
-                match target_config(&target.value, env) {
+                match target_config(&target.value, env, model_pricing.as_ref()) {
                     Ok(parsed) => targets.push(parsed),
                     Err(message) => problems.push(ConfigProblem {
                         line: Some(target.referenced.line()),
@@ -493,7 +542,31 @@ fn short_provider(provider: &str) -> &str {
     provider.rsplit('/').next().unwrap_or(provider)
 }
 
-fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Result<TargetConfig, String> {
+fn pricing(raw: &RawPricing) -> Result<Pricing, String> {
+    let decimal = |field: &str, value: &RawDecimal| {
+        let parsed = match value {
+            RawDecimal::Text(text) => Decimal::parse(text),
+            RawDecimal::Number(number) => Decimal::parse(&number.to_string()),
+        };
+        match parsed {
+            Ok(price) if price.is_negative() => Err(format!("pricing.{field} must not be negative")),
+            Ok(price) => Ok(price),
+            Err(error) => Err(format!("pricing.{field}: {error}")),
+        }
+    };
+    Ok(Pricing {
+        input: decimal("input", &raw.input)?,
+        output: raw.output.as_ref().map(|output| decimal("output", output)).transpose()?,
+        unit: decimal("unit", &raw.unit)?,
+        currency: raw.currency.clone().unwrap_or_else(|| "USD".into()),
+    })
+}
+
+fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>, model_pricing: Option<&Pricing>) -> Result<TargetConfig, String> {
+    let pricing = match &raw.pricing {
+        Some(own) => Some(pricing(own).map_err(|message| format!("target `{}`: {message}", raw.model))?),
+        None => model_pricing.cloned(),
+    };
     let base_url = raw.base_url.as_deref().map(|url| expand(url, env)).transpose()?;
     let api_keys = raw.api_keys.iter().map(|key| expand(key, env)).collect::<Result<Vec<_>, _>>()?;
     let (provider, base_url) = match raw.provider.as_str() {
@@ -511,8 +584,9 @@ fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 .ok_or_else(|| format!("target `{}`: provider {} needs a base_url", raw.model, raw.provider))?;
             (Provider::OpenAiCompatible, url)
         }
+        "gemini" => (Provider::Gemini, base_url.unwrap_or_else(|| "https://generativelanguage.googleapis.com/v1beta".into())),
         // Gemini through Google's OpenAI-compatible endpoint.
-        "gemini" => {
+        "gemini_openai" => {
             (Provider::OpenAiCompatible, base_url.unwrap_or_else(|| "https://generativelanguage.googleapis.com/v1beta/openai".into()))
         }
         "azure" => {
@@ -525,7 +599,7 @@ fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Resul
         "anthropic" => (Provider::Anthropic, base_url.unwrap_or_else(|| "https://api.anthropic.com".into())),
         other => {
             return Err(format!(
-                "target `{}`: unknown provider `{other}` (expected openai, openai_compatible, vllm, sglang, ollama, lm_studio, deepseek, siliconflow, openrouter, gemini, azure, anthropic)",
+                "target `{}`: unknown provider `{other}` (expected openai, openai_compatible, vllm, sglang, ollama, lm_studio, deepseek, siliconflow, openrouter, gemini, gemini_openai, azure, anthropic)",
                 raw.model
             ));
         }
@@ -533,7 +607,7 @@ fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(format!("target `{}`: base_url must start with http:// or https://", raw.model));
     }
-    if matches!(provider, Provider::Anthropic | Provider::Azure { .. }) && api_keys.is_empty() {
+    if matches!(provider, Provider::Anthropic | Provider::Azure { .. } | Provider::Gemini) && api_keys.is_empty() {
         return Err(format!("target `{}`: provider {} needs api_keys", raw.model, raw.provider));
     }
     let host = base_url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
@@ -545,6 +619,7 @@ fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>) -> Resul
         api_keys,
         weight: raw.weight.unwrap_or(1).max(1),
         metrics_url: raw.metrics_url.as_deref().map(|url| expand(url, env)).transpose()?,
+        pricing,
     })
 }
 
@@ -610,6 +685,43 @@ gateway_keys:
         assert_eq!(config.resolve("langgenius/anthropic/anthropic", "claude-3-5-sonnet"), Some("backup"));
         assert_eq!(config.resolve("siliconflow", "deepseek-v3"), Some("main"));
         assert_eq!(config.resolve("x", "backup"), Some("backup"), "a logical model's own name");
+    }
+
+    #[test]
+    fn pricing_is_read_exactly_and_targets_inherit_their_models() {
+        let text = "\
+models:
+  - name: main
+    pricing: {input: '0.15', output: 0.6, unit: 0.000001}
+    targets:
+      - {provider: vllm, model: a, base_url: 'http://a:8000/v1'}
+      - {provider: vllm, model: b, base_url: 'http://b:8000/v1', pricing: {input: 2, unit: '0.001', currency: RMB}}
+";
+        let config = GatewayConfig::parse(text, &env).unwrap();
+        let targets = &config.model("main").unwrap().targets;
+        let inherited = targets[0].pricing.as_ref().unwrap();
+        assert_eq!(
+            (inherited.input.to_string(), inherited.output.map(|output| output.to_string()), inherited.unit.to_string()),
+            ("0.15".into(), Some("0.6".into()), "0.000001".into())
+        );
+        assert_eq!(inherited.currency, "USD");
+        let own = targets[1].pricing.as_ref().unwrap();
+        assert_eq!((own.input.to_string(), own.output, own.currency.as_str()), ("2".into(), None, "RMB"));
+
+        let bad = "\
+models:
+  - name: main
+    targets:
+      - {provider: vllm, model: a, base_url: 'http://a:8000/v1', pricing: {input: 'two', unit: 0.000001}}
+  - name: other
+    pricing: {input: -1, unit: 0.000001}
+    targets:
+      - {provider: vllm, model: b, base_url: 'http://b:8000/v1'}
+";
+        let error = GatewayConfig::parse(bad, &env).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("line 4: model `main`: target `a`: pricing.input: `two` is not a decimal number"), "{text}");
+        assert!(text.contains("line 5: model `other`: pricing.input must not be negative"), "{text}");
     }
 
     #[test]

@@ -88,14 +88,19 @@ impl ProviderError {
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
         let lower = message.to_ascii_lowercase();
         let class = if status == 429 && !code.contains("insufficient_quota") {
-            ErrorClass::RateLimited { retry_after: retry_after.and_then(parse_retry_after) }
+            let retry_after = retry_after.and_then(parse_retry_after).or_else(|| retry_info(error));
+            ErrorClass::RateLimited { retry_after }
         } else if status == 429 {
             ErrorClass::Auth
-        } else if code.contains("context_length") || lower.contains("context length") || lower.contains("maximum context") {
+        } else if code.contains("context_length")
+            || lower.contains("context length")
+            || lower.contains("maximum context")
+            || lower.contains("exceeds the maximum number of tokens")
+        {
             ErrorClass::ContextTooLong
         } else if code.contains("content_policy") || code.contains("content_filter") || lower.contains("content management policy") {
             ErrorClass::ContentPolicy
-        } else if status == 401 || status == 403 {
+        } else if status == 401 || status == 403 || lower.contains("api key not valid") || lower.contains("api key expired") {
             ErrorClass::Auth
         } else if status == 408 {
             ErrorClass::Timeout
@@ -106,6 +111,12 @@ impl ProviderError {
         };
         Self { class, status: Some(status), target: target.to_owned(), message }
     }
+}
+
+/// Google's `RetryInfo` detail (`"retryDelay": "13s"`): Gemini says when to come back in the
+/// body, not in a header.
+fn retry_info(error: &serde_json::Value) -> Option<Duration> {
+    error["details"].as_array()?.iter().find_map(|detail| parse_retry_after(detail["retryDelay"].as_str()?.strip_suffix('s')?))
 }
 
 /// `Retry-After` as seconds (fractions allowed) or an HTTP date is not worth parsing: a date
@@ -146,6 +157,24 @@ mod tests {
             ErrorClass::Overloaded
         );
         assert_eq!(class(400, None, &openai("invalid_value", "bad temperature")), ErrorClass::BadRequest);
+        let google = |code: u16, status: &str, message: &str| {
+            format!(
+                r#"{{"error": {{"code": {code}, "message": "{message}", "status": "{status}", "details": [{{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "13.5s"}}]}}}}"#
+            )
+        };
+        assert_eq!(
+            class(429, None, &google(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")),
+            ErrorClass::RateLimited { retry_after: Some(Duration::from_millis(13_500)) }
+        );
+        assert_eq!(
+            class(
+                400,
+                None,
+                &google(400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).")
+            ),
+            ErrorClass::ContextTooLong
+        );
+        assert_eq!(class(400, None, &google(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")), ErrorClass::Auth);
         assert!(ErrorClass::Overloaded.is_retryable() && !ErrorClass::BadRequest.is_retryable());
         assert!(!ErrorClass::ContextTooLong.is_upstream());
     }

@@ -9,17 +9,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowgate_engine::decimal::Decimal;
+use flowgate_engine::ports::Usage;
 use tokio::time::Instant;
 
 use crate::anthropic::AnthropicTarget;
 use crate::cache::{self, AnswerCache};
-use crate::config::{GatewayConfig, ModelConfig, Provider, Routing, TargetConfig};
+use crate::config::{GatewayConfig, ModelConfig, Pricing, Provider, Routing, TargetConfig};
 use crate::error::{ErrorClass, ProviderError};
+use crate::gemini::GeminiTarget;
 use crate::limits::{Caller, Limiter, Refusal, Reservation};
 use crate::metrics::GatewayMetrics;
 use crate::openai::{OpenAiTarget, Timeouts};
 use crate::stream::ChatStream;
-use crate::types::{ChatRequest, ChatResponse};
+use crate::types::{ChatRequest, ChatResponse, TokenUsage};
 
 /// The longest a 429 cools a key down, whatever `Retry-After` says.
 const MAX_COOLDOWN: Duration = Duration::from_secs(60);
@@ -60,6 +63,7 @@ impl GatewayError {
 enum Adapter {
     OpenAi(OpenAiTarget),
     Anthropic(AnthropicTarget),
+    Gemini(GeminiTarget),
 }
 
 struct KeySlot {
@@ -105,6 +109,9 @@ impl Target {
             )),
             Provider::Anthropic => {
                 Adapter::Anthropic(AnthropicTarget::new(&config.label, &config.base_url, key.unwrap_or_default(), client.clone()))
+            }
+            Provider::Gemini => {
+                Adapter::Gemini(GeminiTarget::new(&config.label, &config.base_url, key.unwrap_or_default(), client.clone()))
             }
         };
         let keys: Vec<KeySlot> = if config.api_keys.is_empty() {
@@ -464,6 +471,20 @@ impl Gateway {
         &self.config
     }
 
+    /// Records what a call used in the metrics and returns it as Dify reports it, priced with
+    /// the serving target's `pricing` (zero without one).
+    pub fn account(&self, model: &str, target: &str, used: &TokenUsage) -> Usage {
+        let pricing = self
+            .models
+            .get(model)
+            .and_then(|logical| logical.targets.iter().find(|candidate| candidate.config.label == target))
+            .and_then(|found| found.config.pricing.as_ref());
+        let usage = priced(pricing, used);
+        let cost = pricing.map(|pricing| (usage.total_price, pricing.currency.as_str()));
+        self.metrics.usage(model, target, used.prompt_tokens, used.completion_tokens, cost);
+        usage
+    }
+
     /// Every target with a metrics URL, for the scraper.
     pub(crate) fn scraped_targets(&self) -> Vec<Arc<Target>> {
         self.models.values().flat_map(|model| model.targets.iter().filter(|target| target.config.metrics_url.is_some()).cloned()).collect()
@@ -566,7 +587,14 @@ impl Gateway {
                     (Adapter::OpenAi(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
                     (Adapter::Anthropic(adapter), Mode::Complete) => adapter.chat(&upstream, timeouts).await.map(Answer::Complete),
                     (Adapter::Anthropic(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
+                    (Adapter::Gemini(adapter), Mode::Complete) => adapter.chat(&upstream, timeouts).await.map(Answer::Complete),
+                    (Adapter::Gemini(adapter), Mode::Stream) => adapter.chat_stream(&upstream, timeouts).await.map(Answer::Stream),
                     (Adapter::OpenAi(adapter), Mode::Embeddings(body)) => {
+                        let mut body = body.clone();
+                        body["model"] = serde_json::Value::String(target.config.model.clone());
+                        adapter.embeddings(&body, timeouts).await.map(Answer::Json)
+                    }
+                    (Adapter::Gemini(adapter), Mode::Embeddings(body)) => {
                         let mut body = body.clone();
                         body["model"] = serde_json::Value::String(target.config.model.clone());
                         adapter.embeddings(&body, timeouts).await.map(Answer::Json)
@@ -677,6 +705,36 @@ impl Gateway {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }))
+    }
+}
+
+/// Dify's `_calc_response_usage`: each direction priced by `AIModel.get_price`, which reports a
+/// zero price (in USD) for a direction the pricing leaves out.
+fn priced(pricing: Option<&Pricing>, used: &TokenUsage) -> Usage {
+    let prompt_tokens = i64::try_from(used.prompt_tokens).unwrap_or(i64::MAX);
+    let completion_tokens = i64::try_from(used.completion_tokens).unwrap_or(i64::MAX);
+    let direction = |unit_price: Option<Decimal>, tokens: i64| match (pricing, unit_price) {
+        (Some(pricing), Some(unit_price)) => {
+            (unit_price, pricing.unit, Decimal::price(tokens, unit_price, pricing.unit), pricing.currency.clone())
+        }
+        _ => (Decimal::default(), Decimal::default(), Decimal::default(), "USD".to_owned()),
+    };
+    let (prompt_unit_price, prompt_price_unit, prompt_price, currency) = direction(pricing.map(|pricing| pricing.input), prompt_tokens);
+    let (completion_unit_price, completion_price_unit, completion_price, _) =
+        direction(pricing.and_then(|pricing| pricing.output), completion_tokens);
+    Usage {
+        prompt_tokens,
+        prompt_unit_price,
+        prompt_price_unit,
+        prompt_price,
+        completion_tokens,
+        completion_unit_price,
+        completion_price_unit,
+        completion_price,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        total_price: prompt_price.plus(completion_price),
+        currency,
+        latency: 0.0,
     }
 }
 

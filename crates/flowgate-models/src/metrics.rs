@@ -4,7 +4,11 @@
 
 use std::fmt::Write;
 
+use flowgate_engine::decimal::Decimal;
 use flowgate_metrics::{Counters, Histograms, label};
+
+/// Costs are counted in units of 10^-7, the precision Dify quantizes prices to.
+const COST_EXPONENT: i32 = -7;
 
 #[derive(Default)]
 pub struct GatewayMetrics {
@@ -18,6 +22,8 @@ pub struct GatewayMetrics {
     first_token: Histograms<(String, String)>,
     /// (model, target, prompt | completion).
     tokens: Counters<(String, String, &'static str)>,
+    /// (model, target, currency): spend in ten-millionths, Dify's price quantum.
+    cost: Counters<(String, String, String)>,
     /// (requested model, serving model).
     fallbacks: Counters<(String, String)>,
     /// Limit rule.
@@ -53,10 +59,14 @@ impl GatewayMetrics {
         self.keys.add(&name.to_owned(), 1);
     }
 
-    /// Tokens a call used, as the upstream reported them.
-    pub fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64) {
+    /// Tokens a call used, as the upstream reported them, and what they cost.
+    pub(crate) fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64, cost: Option<(Decimal, &str)>) {
         self.tokens.add(&(model.to_owned(), target.to_owned(), "prompt"), prompt);
         self.tokens.add(&(model.to_owned(), target.to_owned(), "completion"), completion);
+        if let Some((amount, currency)) = cost {
+            let units = u64::try_from(amount.in_units_of(COST_EXPONENT)).unwrap_or(0);
+            self.cost.add(&(model.to_owned(), target.to_owned(), currency.to_owned()), units);
+        }
     }
 
     pub fn render(&self, out: &mut String) {
@@ -95,6 +105,17 @@ impl GatewayMetrics {
                 "flowgate_gateway_tokens_total{{model=\"{}\",target=\"{}\",direction=\"{direction}\"}} {count}",
                 label(&model),
                 label(&target)
+            );
+        }
+        header(out, "flowgate_gateway_cost_total", "counter", "Spend by model, target and currency, from the models file's pricing.");
+        for ((model, target, currency), units) in self.cost.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_cost_total{{model=\"{}\",target=\"{}\",currency=\"{}\"}} {}",
+                label(&model),
+                label(&target),
+                label(&currency),
+                units as f64 / 1e7
             );
         }
         header(out, "flowgate_gateway_fallbacks_total", "counter", "Calls served by a fallback model.");

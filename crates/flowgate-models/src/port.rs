@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use flowgate_engine::ports::{FilePort, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind, TextSink, ToolInvocation, Usage};
+use flowgate_engine::ports::{FilePort, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind, TextSink, ToolInvocation};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -174,13 +174,7 @@ impl ModelPort for GatewayPort {
                     }
                     StreamEvent::Usage(usage) => {
                         used = Some(usage.total_tokens);
-                        gateway.metrics().usage(&model, &target, usage.prompt_tokens, usage.completion_tokens);
-                        reply.usage = Usage {
-                            prompt_tokens: usage.prompt_tokens as i64,
-                            completion_tokens: usage.completion_tokens as i64,
-                            total_tokens: usage.total_tokens as i64,
-                            ..Usage::default()
-                        }
+                        reply.usage = gateway.account(&model, &target, &usage);
                     }
                     StreamEvent::ToolCall { index, id, name, arguments } => whole.add_tool_call_piece(index, id, name, &arguments),
                 }

@@ -33,6 +33,7 @@ pub struct ChatStream {
 pub(crate) enum Dialect {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 /// What a dialect's parser keeps between frames.
@@ -44,7 +45,7 @@ pub(crate) struct StreamState {
     pub finished: bool,
     /// Anthropic: input tokens from `message_start`, reported with the final usage.
     pub input_tokens: u64,
-    /// Anthropic: content block index → tool call index.
+    /// Anthropic: content block index → tool call index; Gemini: one entry per call.
     pub tool_blocks: Vec<(u64, usize)>,
 }
 
@@ -160,6 +161,10 @@ impl ChatStream {
                 let chunk: Value = serde_json::from_str(&data).map_err(not_json)?;
                 crate::anthropic::parse_event(&self.label, event, &chunk, &mut self.state, &mut self.pending)
             }
+            Dialect::Gemini => {
+                let chunk: Value = serde_json::from_str(&data).map_err(not_json)?;
+                crate::gemini::parse_chunk(&self.label, &chunk, &mut self.state, &mut self.pending)
+            }
         }
     }
 
@@ -173,13 +178,7 @@ impl ChatStream {
     pub async fn collect(mut self) -> Result<ChatResponse, ProviderError> {
         let mut response = ChatResponse::default();
         while let Some(event) = self.next().await {
-            match event? {
-                StreamEvent::Text(text) => response.content.push_str(&text),
-                StreamEvent::Reasoning(text) => response.reasoning.push_str(&text),
-                StreamEvent::ToolCall { index, id, name, arguments } => response.add_tool_call_piece(index, id, name, &arguments),
-                StreamEvent::Finish(reason) => response.finish_reason = Some(reason),
-                StreamEvent::Usage(usage) => response.usage = Some(usage),
-            }
+            response.add(event?);
         }
         Ok(response)
     }

@@ -137,6 +137,17 @@ pub struct ChatResponse {
 }
 
 impl ChatResponse {
+    /// Adds one event of a streamed answer.
+    pub fn add(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Text(text) => self.content.push_str(&text),
+            StreamEvent::Reasoning(text) => self.reasoning.push_str(&text),
+            StreamEvent::ToolCall { index, id, name, arguments } => self.add_tool_call_piece(index, id, name, &arguments),
+            StreamEvent::Finish(reason) => self.finish_reason = Some(reason),
+            StreamEvent::Usage(usage) => self.usage = Some(usage),
+        }
+    }
+
     /// Adds a streamed piece of the tool call at `index`: its id and name come with the first
     /// piece, its arguments in pieces.
     pub fn add_tool_call_piece(&mut self, index: usize, id: Option<String>, name: Option<String>, arguments: &str) {

@@ -171,7 +171,7 @@ pub struct NodeResult {
     pub metadata: Option<Arc<Map>>,
     /// Variables the node writes (assigners), applied before its outputs.
     pub updates: Vec<VariableUpdate>,
-    pub usage: Option<crate::ports::Usage>,
+    pub usage: Option<Box<crate::ports::Usage>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

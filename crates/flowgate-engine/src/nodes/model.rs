@@ -262,7 +262,7 @@ impl LlmNode {
                     NodeResult {
                         inputs: Some(Arc::new(inputs)),
                         metadata: Some(Arc::new(usage_metadata(&reply.usage))),
-                        usage: Some(reply.usage),
+                        usage: Some(Box::new(reply.usage)),
                         ..NodeResult::succeeded(outputs)
                     }
                 }
@@ -301,8 +301,8 @@ fn prompt_inputs(model: &ModelSettings, messages: &[ChatMessage]) -> Map {
 pub(crate) fn usage_metadata(usage: &Usage) -> Map {
     map_of([
         ("total_tokens", Value::Int(usage.total_tokens)),
-        ("total_price", Value::from(format!("{:?}", usage.total_price))),
-        ("currency", Value::str(if usage.currency.is_empty() { "USD" } else { &usage.currency })),
+        ("total_price", Value::from(usage.total_price.to_string())),
+        ("currency", Value::str(usage.currency.as_str())),
     ])
 }
 
@@ -440,7 +440,7 @@ impl QuestionClassifierNode {
             NodeResult {
                 handle: Some(id),
                 metadata: Some(metadata),
-                usage: Some(reply.usage),
+                usage: Some(Box::new(reply.usage)),
                 ..NodeResult::succeeded(outputs).with_inputs(inputs)
             }
         }))
@@ -664,7 +664,7 @@ impl ParameterExtractorNode {
             }
             NodeResult {
                 metadata: Some(Arc::new(usage_metadata(&reply.usage))),
-                usage: Some(reply.usage),
+                usage: Some(Box::new(reply.usage)),
                 ..NodeResult::succeeded(outputs).with_inputs(inputs)
             }
         }))

@@ -92,7 +92,7 @@ fn tool_result(output: ToolOutput, inputs: Map) -> NodeResult {
     }
     NodeResult {
         metadata: output.usage.as_ref().map(|usage| Arc::new(usage_metadata(usage))),
-        usage: output.usage,
+        usage: output.usage.map(Box::new),
         ..NodeResult::succeeded(outputs).with_inputs(inputs)
     }
 }

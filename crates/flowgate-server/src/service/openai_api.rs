@@ -210,7 +210,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         return match gateway.chat(&parsed.model, &parsed.request).await {
             Ok(served) => {
                 if let Some(usage) = &served.value.usage {
-                    gateway.metrics().usage(&served.model, &served.target, usage.prompt_tokens, usage.completion_tokens);
+                    gateway.account(&served.model, &served.target, usage);
                 }
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
                 gateway.remember(&parsed.model, &parsed.request, &served.value).await;
@@ -384,7 +384,7 @@ impl Forward {
         match event {
             StreamEvent::Usage(usage) => {
                 self.used = Some(usage.total_tokens);
-                self.gateway.metrics().usage(&self.served_model, &self.target, usage.prompt_tokens, usage.completion_tokens);
+                self.gateway.account(&self.served_model, &self.target, usage);
             }
             StreamEvent::Text(text) => self.whole.content.push_str(text),
             StreamEvent::Reasoning(text) => self.whole.reasoning.push_str(text),

@@ -239,3 +239,83 @@ fn same_ids(messages: &Json) -> Json {
     }
     messages
 }
+
+/// Prices from the models file's `pricing`, as Dify computes and prints them: each call's
+/// `tokens × unit price × unit`, quantized to seven places; the run's usage (message_end's
+/// `metadata.usage`) adds the calls with `LLMUsage.plus`. Every expected string is what
+/// CPython's `decimal` prints for the same sums (`str((1033 * Decimal("2.5") *
+/// Decimal("0.000001")).quantize(Decimal("0.0000001"), rounding=ROUND_HALF_UP))` and so on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_are_difys_for_the_tokens_the_upstream_reports() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script(
+        "upstream-model",
+        vec![
+            Behaviour::reply("{\"category_id\": \"billing\", \"category_name\": \"Billing and refunds\"}").reporting(1033, 135),
+            Behaviour::reply("{\"amount\": 12.5, \"currency\": \"EUR\", \"items\": [\"mug\"]}").reporting(412, 7),
+        ],
+    );
+    let yaml = format!(
+        "models:\n  - name: main\n    pricing: {{input: '2.5', output: 10, unit: 0.000001, currency: USD}}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
+        mock.base_url()
+    );
+    let gateway =
+        Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+    let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway.clone(), None))), ..Ports::default() };
+    let document =
+        Document::load(&std::fs::read_to_string(repo_root().join("tests/conformance/dsl/classifier-extractor.yml")).unwrap()).unwrap();
+    let plan = Arc::new(Plan::compile(&document).unwrap());
+    let request = RunRequest {
+        inputs: flowgate_engine::value::map_from_json(json!({"question": "I want a refund for my mug"}).as_object().unwrap()),
+        user_id: "price-user".into(),
+        ..RunRequest::default()
+    };
+    let mut events = Vec::new();
+    let summary = Engine::new(ports).run(&plan, request, &mut events, None).await.unwrap();
+    assert_eq!(summary.status, flowgate_engine::RunStatus::Succeeded, "{:?}", summary.error);
+
+    let finished = |node: &str| {
+        events
+            .iter()
+            .find_map(|event| match event {
+                flowgate_engine::RunEvent::NodeFinished(finished) if &*finished.info.node_id == node => Some(finished.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{node} did not finish"))
+    };
+    let classify = finished("classify");
+    let usage = serde_json::to_value(MapRef(classify.outputs.as_deref().unwrap())).unwrap()["usage"].clone();
+    assert_eq!(
+        [&usage["prompt_unit_price"], &usage["prompt_price_unit"], &usage["prompt_price"]],
+        [&json!("2.5"), &json!("0.000001"), &json!("0.0025825")]
+    );
+    assert_eq!([&usage["completion_unit_price"], &usage["completion_price"]], [&json!("10"), &json!("0.0013500")]);
+    assert_eq!([&usage["total_tokens"], &usage["total_price"], &usage["currency"]], [&json!(1168), &json!("0.0039325"), &json!("USD")]);
+    let metadata = serde_json::to_value(MapRef(classify.metadata.as_deref().unwrap())).unwrap();
+    assert_eq!([&metadata["total_tokens"], &metadata["total_price"]], [&json!(1168), &json!("0.0039325")]);
+    let extract = finished("extract");
+    let usage = serde_json::to_value(MapRef(extract.outputs.as_deref().unwrap())).unwrap()["__usage"].clone();
+    assert_eq!(
+        [&usage["prompt_price"], &usage["completion_price"], &usage["total_price"]],
+        [&json!("0.0010300"), &json!("0.0000700"), &json!("0.0011000")]
+    );
+
+    let run = serde_json::to_value(summary.usage.to_value()).unwrap();
+    assert_eq!([&run["prompt_tokens"], &run["completion_tokens"], &run["total_tokens"]], [&json!(1445), &json!(142), &json!(1587)]);
+    assert_eq!(
+        [&run["prompt_price"], &run["completion_price"], &run["total_price"]],
+        [&json!("0.0036125"), &json!("0.0014200"), &json!("0.0050325")]
+    );
+
+    let mut metrics = String::new();
+    gateway.metrics().render(&mut metrics);
+    let cost = metrics.lines().find(|line| line.starts_with("flowgate_gateway_cost_total{")).unwrap_or_default();
+    let host = mock.base_url().trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+    assert_eq!(
+        cost,
+        format!(
+            "flowgate_gateway_cost_total{{model=\"main\",target=\"openai_compatible/upstream-model@{host}\",currency=\"USD\"}} 0.0050325"
+        ),
+        "{metrics}"
+    );
+}
