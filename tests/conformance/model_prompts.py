@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Records the prompts graphon (Dify's engine) sends to the model for the cases in
-tests/conformance/model-prompts/cases.json, and what its nodes make of the model's replies.
+tests/conformance/model-prompts/cases.json (parameter extractors) and vision-cases.json (llm
+nodes with files), and what its nodes make of the model's replies.
 
 For each case the DSL runs on graphon 0.8 through the oracle runner with a recording model in
 place of the mocked one: it advertises tool calling when the case says so (as Dify's model
@@ -8,6 +9,11 @@ schemas do with the `tool-call` feature), returns the case's reply for each node
 optional tool call) and keeps every prompt message, tool and stop word it was given. The
 conversation's earlier turns reach the nodes through a memory holding the case's `history`,
 as Dify's TokenBufferMemory would give them (newest `message_limit` turns).
+
+Vision cases give files (remote URLs, as the start form and `sys.files` carry them) with their
+bytes: a file runtime serves those bytes to graphon and asks for base64 (Dify's default
+MULTIMODAL_SEND_FORMAT), and the recording model advertises the case's `features` (vision,
+document, audio, video), which decide what graphon leaves in the prompt.
 
 Writes tests/conformance/model-prompts/expected/<id>.json:
     {"status", "calls": [{"node_id", "messages", "tools", "stop"}],
@@ -17,7 +23,9 @@ Run with the oracle virtualenv:  $(scripts/oracle-python) tests/conformance/mode
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 import os
 import sys
 from pathlib import Path
@@ -35,6 +43,10 @@ from graphon.model_runtime.entities.message_entities import (  # noqa: E402
     UserPromptMessage,
 )
 from graphon.model_runtime.entities.model_entities import ModelFeature, ModelPropertyKey  # noqa: E402
+from graphon.file.enums import FileTransferMethod, FileType  # noqa: E402
+from graphon.file.models import File  # noqa: E402
+from graphon.file.runtime import use_workflow_file_runtime  # noqa: E402
+from graphon.nodes.llm.node import LLMNode  # noqa: E402
 from graphon.nodes.parameter_extractor.parameter_extractor_node import ParameterExtractorNode  # noqa: E402
 
 CASE: dict = {}
@@ -56,8 +68,22 @@ class HistoryMemory:
         return messages
 
 
+def content_json(item) -> dict:
+    if item.type.value == "text":
+        return {"type": "text", "text": item.data}
+    out = {"type": item.type.value, "base64_data": item.base64_data, "url": item.url,
+           "mime_type": item.mime_type, "format": item.format, "filename": item.filename}
+    if item.type.value == "image":
+        out["detail"] = item.detail.value
+    return out
+
+
 def message_json(message) -> dict:
-    out = {"role": message.role.value, "content": message.get_text_content()}
+    content = message.content
+    if isinstance(content, list):
+        out = {"role": message.role.value, "content": [content_json(item) for item in content]}
+    else:
+        out = {"role": message.role.value, "content": message.get_text_content()}
     if isinstance(message, AssistantPromptMessage) and message.tool_calls:
         out["tool_calls"] = [
             {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
@@ -74,6 +100,7 @@ class RecordingLLM(run_dsl.MockLLM):
         features = list(schema.features or [])
         if CASE.get("tool_calls"):
             features += [ModelFeature.TOOL_CALL, ModelFeature.MULTI_TOOL_CALL]
+        features += [ModelFeature(name) for name in CASE.get("features", [])]
         mode = (self._node_data.get("model") or {}).get("mode") or "chat"
         properties = dict(schema.model_properties)
         properties[ModelPropertyKey.MODE] = mode
@@ -96,7 +123,8 @@ class RecordingLLM(run_dsl.MockLLM):
                 id="call_mock_1", type="function",
                 function=AssistantPromptMessage.ToolCall.ToolCallFunction(
                     name=reply["tool_call"]["name"], arguments=reply["tool_call"]["arguments"])))
-        assert not stream, "the parameter extractor asks without streaming"
+        if stream:
+            return self._chunks(reply["text"], prompt_messages)
         return LLMResult(model=self._model_name, prompt_messages=list(prompt_messages),
                          message=AssistantPromptMessage(content=reply["text"], tool_calls=tool_calls),
                          usage=LLMUsage.empty_usage())
@@ -112,27 +140,82 @@ def _init_with_memory(self, *args, **kwargs):
 
 
 ParameterExtractorNode.__init__ = _init_with_memory
+_original_llm_init = LLMNode.__init__
+
+
+def _llm_init_with_memory(self, *args, **kwargs):
+    _original_llm_init(self, *args, **kwargs)
+    if self.node_data.memory is not None:
+        self._memory = HistoryMemory(CASE.get("history") or [])
+
+
+LLMNode.__init__ = _llm_init_with_memory
+
+
+class Response:
+    def __init__(self, content: bytes):
+        self.content = content
+        self.status_code = 200
+
+    def raise_for_status(self):
+        pass
+
+
+class FileRuntime:
+    """Serves the case's file bytes by URL; prompts carry files as base64."""
+
+    multimodal_send_format = "base64"
+
+    def http_get(self, url, *, follow_redirects=True):
+        return Response(CASE["file_bytes"][url].encode())
+
+    def load_file_bytes(self, *, file):
+        return CASE["file_bytes"][file.remote_url].encode()
+
+    def resolve_file_url(self, *, file, for_external=True):
+        return file.remote_url
+
+
+def graphon_file(spec: dict) -> File:
+    """A remote-URL file as Dify's file factory builds it from a start-form mapping."""
+    url = spec["url"]
+    filename = url.split("?")[0].rsplit("/", 1)[-1]
+    extension = "." + filename.rsplit(".", 1)[-1].lower()
+    return File(file_type=FileType(spec["type"]), transfer_method=FileTransferMethod.REMOTE_URL, remote_url=url,
+                filename=filename, extension=extension, mime_type=mimetypes.guess_type(filename)[0])
+
+
+def file_inputs(inputs: dict) -> dict:
+    return {name: [graphon_file(item) for item in value] if isinstance(value, list) else graphon_file(value)
+            for name, value in inputs.items()}
 
 
 def main() -> int:
     cases = json.loads((HERE / "cases.json").read_text())
+    vision = json.loads((HERE / "vision-cases.json").read_text())
     wanted = set(sys.argv[1:])
     (HERE / "expected").mkdir(exist_ok=True)
-    for case in cases:
+    for case in cases + vision:
         if wanted and case["id"] not in wanted:
             continue
         CASE.clear()
         CASE.update(case)
         CALLS.clear()
-        result = run_dsl.run_case((HERE / case["dsl"]).read_text(), inputs=case.get("inputs"),
-                                  query=case.get("query"), event_outputs=True)
+        if "file_bytes" in case:
+            with use_workflow_file_runtime(FileRuntime()):
+                result = run_dsl.run_case((HERE / case["dsl"]).read_text(), inputs=file_inputs(case["inputs"]),
+                                          raw_inputs=True, query=case.get("query"), event_outputs=True,
+                                          sys_vars={"files": [graphon_file(spec) for spec in case["sys_files"]]})
+        else:
+            result = run_dsl.run_case((HERE / case["dsl"]).read_text(), inputs=case.get("inputs"),
+                                      query=case.get("query"), event_outputs=True)
         if result["status"] not in ("succeeded", "partial-succeeded"):
             print(f"{case['id']}: {result['status']}: {result.get('error')}", file=sys.stderr)
             return 1
         finished = ("NodeRunSucceededEvent", "NodeRunExceptionEvent")
         nodes = {event["node_id"]: {"outputs": event["outputs"], "error": event.get("error")}
                  for event in result["events"]
-                 if event["type"] in finished and event.get("node_type") == "parameter-extractor"}
+                 if event["type"] in finished and event.get("node_type") in ("parameter-extractor", "llm")}
         expected = {"source": "graphon 0.8.0 via tests/conformance/model_prompts.py",
                     "status": result["status"], "calls": list(CALLS), "nodes": nodes, "answer": result["text"]}
         path = HERE / "expected" / f"{case['id']}.json"

@@ -121,6 +121,7 @@ pub struct ChatMessage {
     /// system | user | assistant | tool
     pub role: String,
     pub content: String,
+    /// Sent before the text, as Dify puts a message's files first.
     pub files: Vec<File>,
     /// An assistant message's calls of the request's tools.
     pub tool_calls: Vec<ToolInvocation>,
@@ -163,6 +164,8 @@ pub struct ModelCall {
     pub stop: Vec<String>,
     pub json_schema: Option<serde_json::Value>,
     pub tools: Vec<ToolDefinition>,
+    /// How closely images are looked at (`low` | `high`), when the node says.
+    pub image_detail: Option<String>,
 }
 
 /// Token usage and price, in Dify's `LLMUsage` shape. Prices are `tokens × unit price × price

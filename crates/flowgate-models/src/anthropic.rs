@@ -5,11 +5,13 @@ use std::collections::VecDeque;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use crate::error::ProviderError;
+use base64::Engine as _;
+
+use crate::error::{ErrorClass, ProviderError};
 use crate::openai::Timeouts;
 use crate::stream::{ChatStream, Dialect, StreamState};
 use crate::transport::{post_json, read_json};
-use crate::types::{ChatRequest, ChatResponse, Content, FunctionCall, Part, StreamEvent, TokenUsage, ToolCall};
+use crate::types::{ChatRequest, ChatResponse, Content, FilePart, FunctionCall, Part, StreamEvent, TokenUsage, ToolCall, data_url_parts};
 
 /// Anthropic requires `max_tokens`; this is the cap when the client set none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -39,9 +41,14 @@ impl AnthropicTarget {
         post_json(request, &self.label, body, deadline).await
     }
 
+    /// A request Anthropic cannot take, refused before it is sent.
+    fn refused(&self, message: String) -> ProviderError {
+        ProviderError::new(ErrorClass::BadRequest, &self.label, message)
+    }
+
     pub async fn chat(&self, request: &ChatRequest, timeouts: Timeouts) -> Result<ChatResponse, ProviderError> {
         let deadline = Instant::now() + timeouts.total;
-        let response = self.send(&body(request, false), deadline).await?;
+        let response = self.send(&body(request, false).map_err(|message| self.refused(message))?, deadline).await?;
         let json = read_json(response, &self.label, deadline).await?;
         let mut answer = ChatResponse {
             id: json["id"].as_str().unwrap_or_default().to_owned(),
@@ -74,7 +81,7 @@ impl AnthropicTarget {
         let started = Instant::now();
         let deadline = started + timeouts.total;
         let first_token_deadline = (started + timeouts.first_token).min(deadline);
-        let response = self.send(&body(request, true), first_token_deadline).await?;
+        let response = self.send(&body(request, true).map_err(|message| self.refused(message))?, first_token_deadline).await?;
         ChatStream::start(&self.label, response, Dialect::Anthropic, first_token_deadline, deadline).await
     }
 }
@@ -91,32 +98,51 @@ fn finish_reason(stop_reason: &str) -> String {
 
 /// An image part as Anthropic takes it: base64 from a `data:` URL, else by URL.
 fn image_block(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((media_type, data)) = rest.split_once(";base64,")
-    {
+    if let Some((media_type, data)) = data_url_parts(url) {
         return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
     }
     json!({"type": "image", "source": {"type": "url", "url": url}})
 }
 
-fn content_blocks(content: &Content) -> Vec<Value> {
-    match content {
+/// A file part as a `document` block: PDFs as base64, plain text as text; Anthropic reads no
+/// other kind.
+fn document_block(file: &FilePart) -> Result<Value, String> {
+    let name = file.filename.as_deref().unwrap_or("a file");
+    match file.file_data.as_deref().and_then(data_url_parts) {
+        Some(("application/pdf", data)) => {
+            Ok(json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}}))
+        }
+        Some((media_type, data)) if media_type.starts_with("text/") => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| format!("{name} is not valid base64"))?;
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}))
+        }
+        Some((media_type, _)) => Err(format!("Anthropic reads PDF and text documents, not {media_type} ({name})")),
+        None => Err(format!("Anthropic needs the content of {name}, not a file id")),
+    }
+}
+
+fn content_blocks(content: &Content) -> Result<Vec<Value>, String> {
+    Ok(match content {
         Content::Text(text) if text.is_empty() => Vec::new(),
         Content::Text(text) => vec![json!({"type": "text", "text": text})],
         Content::Parts(parts) => parts
             .iter()
             .map(|part| match part {
-                Part::Text { text } => json!({"type": "text", "text": text}),
-                Part::ImageUrl { image_url } => image_block(&image_url.url),
+                Part::Text { text } => Ok(json!({"type": "text", "text": text})),
+                Part::ImageUrl { image_url } => Ok(image_block(&image_url.url)),
+                Part::File { file } => document_block(file),
+                Part::InputAudio { .. } => Err("Anthropic models take no audio input".to_owned()),
+                Part::VideoUrl { .. } => Err("Anthropic models take no video input".to_owned()),
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
         Content::Null(()) => Vec::new(),
-    }
+    })
 }
 
 /// The Messages request for `request`: system messages lifted to `system`, tool results as
 /// user `tool_result` blocks, tool calls as `tool_use` blocks, OpenAI's parameter names mapped.
-fn body(request: &ChatRequest, stream: bool) -> Value {
+fn body(request: &ChatRequest, stream: bool) -> Result<Value, String> {
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for message in &request.messages {
@@ -132,14 +158,14 @@ fn body(request: &ChatRequest, stream: bool) -> Value {
                 ],
             ),
             "assistant" => {
-                let mut blocks = content_blocks(&message.content);
+                let mut blocks = content_blocks(&message.content)?;
                 for call in &message.tool_calls {
                     let input: Value = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
                 }
                 ("assistant", blocks)
             }
-            _ => ("user", content_blocks(&message.content)),
+            _ => ("user", content_blocks(&message.content)?),
         };
         // Anthropic wants turns to alternate; consecutive same-role messages are merged.
         match messages.last_mut() {
@@ -196,7 +222,7 @@ fn body(request: &ChatRequest, stream: bool) -> Value {
         }
     }
     body.insert("stream".into(), json!(stream));
-    Value::Object(body)
+    Ok(Value::Object(body))
 }
 
 /// One event of an Anthropic stream into events.

@@ -125,6 +125,9 @@ struct RawModel {
     /// The price of every target that sets none of its own.
     #[serde(default)]
     pricing: Option<RawPricing>,
+    /// Which kinds of file the targets read (Dify's model features).
+    #[serde(default)]
+    features: Option<Vec<String>>,
 }
 
 /// Dify's model `pricing`: `input` and `output` per `unit` tokens (`unit: 0.000001` is a price
@@ -282,6 +285,55 @@ pub struct ModelConfig {
     /// a tool call (else it uses Dify's JSON prompt). On unless the models file says
     /// `tool_calls: false` (a vLLM started without a tool parser, say).
     pub tool_calls: bool,
+    /// The kinds of file the targets read; files of other kinds are left out of prompts, as
+    /// Dify leaves out what a model's features do not list.
+    pub features: Features,
+}
+
+/// Dify's multimodal model features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub vision: bool,
+    pub document: bool,
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl Default for Features {
+    /// Everything: a model that cannot read a kind says so in its error, rather than the file
+    /// vanishing from the prompt unnoticed.
+    fn default() -> Self {
+        Self { vision: true, document: true, audio: true, video: true }
+    }
+}
+
+impl Features {
+    const NAMES: &'static str = "vision, document, audio, video";
+
+    fn parse(names: &[String]) -> Result<Self, String> {
+        let mut features = Self { vision: false, document: false, audio: false, video: false };
+        for name in names {
+            match name.as_str() {
+                "vision" => features.vision = true,
+                "document" => features.document = true,
+                "audio" => features.audio = true,
+                "video" => features.video = true,
+                other => return Err(format!("unknown feature `{other}` (expected {})", Self::NAMES)),
+            }
+        }
+        Ok(features)
+    }
+
+    /// Whether files of this Dify kind (`image`, `document`, …) reach the model.
+    pub fn reads(&self, kind: &str) -> bool {
+        match kind {
+            "image" => self.vision,
+            "document" => self.document,
+            "audio" => self.audio,
+            "video" => self.video,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -357,6 +409,13 @@ impl GatewayConfig {
                     message: format!("model `{}`: engine_metrics routing needs a metrics_url on every target", raw_model.name),
                 });
             }
+            let features = match raw_model.features.as_deref().map(Features::parse).transpose() {
+                Ok(features) => features.unwrap_or_default(),
+                Err(message) => {
+                    problems.push(ConfigProblem { line, message: format!("model `{}`: {message}", raw_model.name) });
+                    Features::default()
+                }
+            };
             let timeouts = raw_model.timeouts.as_ref();
             config.models.push(ModelConfig {
                 name: raw_model.name.clone(),
@@ -369,6 +428,7 @@ impl GatewayConfig {
                 cache_ttl: raw_model.cache.as_ref().map(|cache| Duration::from_secs(cache.ttl_seconds)),
                 default_max_tokens: raw_model.default_max_tokens.unwrap_or(4096),
                 tool_calls: raw_model.tool_calls.unwrap_or(true),
+                features,
             });
         }
         for mapping in &raw.dify {

@@ -16,7 +16,7 @@ use crate::error::{ErrorClass, ProviderError};
 use crate::openai::Timeouts;
 use crate::stream::{ChatStream, Dialect, StreamState};
 use crate::transport::{post_json, read_json};
-use crate::types::{ChatRequest, ChatResponse, Content, Message, Part, StreamEvent, TokenUsage};
+use crate::types::{ChatRequest, ChatResponse, Content, FilePart, Message, Part, StreamEvent, TokenUsage, data_url_parts};
 
 /// Between a tool call's id and the thought signature it carries.
 const SIGNATURE_SEPARATOR: &str = "__thought__";
@@ -47,7 +47,8 @@ impl GeminiTarget {
 
     pub async fn chat(&self, request: &ChatRequest, timeouts: Timeouts) -> Result<ChatResponse, ProviderError> {
         let deadline = Instant::now() + timeouts.total;
-        let response = self.send(&request.model, "generateContent", &body(request), deadline).await?;
+        let body = body(request).map_err(|message| ProviderError::new(ErrorClass::BadRequest, &self.label, message))?;
+        let response = self.send(&request.model, "generateContent", &body, deadline).await?;
         let json = read_json(response, &self.label, deadline).await?;
         let mut state = StreamState::default();
         let mut events = VecDeque::new();
@@ -65,7 +66,8 @@ impl GeminiTarget {
         let started = Instant::now();
         let deadline = started + timeouts.total;
         let first_token_deadline = (started + timeouts.first_token).min(deadline);
-        let response = self.send(&request.model, "streamGenerateContent?alt=sse", &body(request), first_token_deadline).await?;
+        let body = body(request).map_err(|message| ProviderError::new(ErrorClass::BadRequest, &self.label, message))?;
+        let response = self.send(&request.model, "streamGenerateContent?alt=sse", &body, first_token_deadline).await?;
         ChatStream::start(&self.label, response, Dialect::Gemini, first_token_deadline, deadline).await
     }
 
@@ -114,11 +116,9 @@ impl GeminiTarget {
     }
 }
 
-/// A part for an image: inline data from a `data:` URL, else a file by URI.
-fn image_part(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((mime_type, data)) = rest.split_once(";base64,")
-    {
+/// A part for an image or video: inline data from a `data:` URL, else a file by URI.
+fn media_part(url: &str) -> Value {
+    if let Some((mime_type, data)) = data_url_parts(url) {
         return json!({"inlineData": {"mimeType": mime_type, "data": data}});
     }
     let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
@@ -127,24 +127,40 @@ fn image_part(url: &str) -> Value {
         Some("webp") => "image/webp",
         Some("gif") => "image/gif",
         Some("heic") => "image/heic",
+        Some("mp4") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("mov") => "video/quicktime",
         _ => "image/jpeg",
     };
     json!({"fileData": {"mimeType": mime_type, "fileUri": url}})
 }
 
-fn parts_of(content: &Content) -> Vec<Value> {
-    match content {
+/// Gemini reads every kind of file as inline data with its media type.
+fn file_part(file: &FilePart) -> Result<Value, String> {
+    let name = file.filename.as_deref().unwrap_or("a file");
+    match file.file_data.as_deref().and_then(data_url_parts) {
+        Some((mime_type, data)) => Ok(json!({"inlineData": {"mimeType": mime_type, "data": data}})),
+        None => Err(format!("Gemini needs the content of {name}, not an OpenAI file id")),
+    }
+}
+
+fn parts_of(content: &Content) -> Result<Vec<Value>, String> {
+    Ok(match content {
         Content::Text(text) if text.is_empty() => Vec::new(),
         Content::Text(text) => vec![json!({"text": text})],
         Content::Parts(parts) => parts
             .iter()
             .map(|part| match part {
-                Part::Text { text } => json!({"text": text}),
-                Part::ImageUrl { image_url } => image_part(&image_url.url),
+                Part::Text { text } => Ok(json!({"text": text})),
+                Part::ImageUrl { image_url: url } | Part::VideoUrl { video_url: url } => Ok(media_part(&url.url)),
+                Part::InputAudio { input_audio } => {
+                    Ok(json!({"inlineData": {"mimeType": format!("audio/{}", input_audio.format), "data": input_audio.data}}))
+                }
+                Part::File { file } => file_part(file),
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
         Content::Null(()) => Vec::new(),
-    }
+    })
 }
 
 /// The function a tool result answers: the call with its id among the earlier messages.
@@ -165,13 +181,13 @@ fn tool_response(text: &str) -> Value {
 /// assistant turns `model` turns, tool calls `functionCall` parts (signed), tool results
 /// `functionResponse` parts, OpenAI's parameters `generationConfig`, tools
 /// `functionDeclarations`.
-fn body(request: &ChatRequest) -> Value {
+fn body(request: &ChatRequest) -> Result<Value, String> {
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     for (at, message) in request.messages.iter().enumerate() {
         let (role, parts) = match message.role.as_str() {
             "system" | "developer" => {
-                system.extend(parts_of(&message.content));
+                system.extend(parts_of(&message.content)?);
                 continue;
             }
             "tool" => {
@@ -180,7 +196,7 @@ fn body(request: &ChatRequest) -> Value {
                 ("user", vec![json!({"functionResponse": {"name": name, "response": tool_response(&message.content.as_text())}})])
             }
             "assistant" => {
-                let mut parts = parts_of(&message.content);
+                let mut parts = parts_of(&message.content)?;
                 for (index, call) in message.tool_calls.iter().enumerate() {
                     let args: Value = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
                     let mut part = json!({"functionCall": {"name": call.function.name, "args": args}});
@@ -194,7 +210,7 @@ fn body(request: &ChatRequest) -> Value {
                 }
                 ("model", parts)
             }
-            _ => ("user", parts_of(&message.content)),
+            _ => ("user", parts_of(&message.content)?),
         };
         if parts.is_empty() {
             continue;
@@ -284,7 +300,7 @@ fn body(request: &ChatRequest) -> Value {
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
     }
-    Value::Object(body)
+    Ok(Value::Object(body))
 }
 
 fn finish_reason(reason: &str, called_tools: bool) -> String {
@@ -396,7 +412,7 @@ mod tests {
             messages: vec![Message::text("system", "Be brief."), Message::text("user", "Weather and time?"), assistant, weather, time],
             parameters,
         };
-        let body = body(&request);
+        let body = body(&request).unwrap();
         assert_eq!(body["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));
         assert_eq!(
             body["contents"],

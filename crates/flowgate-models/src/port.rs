@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use flowgate_engine::ports::{FilePort, ModelCall, ModelPort, ModelReply, PortError, PortErrorKind, TextSink, ToolInvocation};
+use flowgate_engine::value::File;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use crate::config::Features;
 use crate::error::ErrorClass;
 use crate::gateway::{Gateway, GatewayError};
 use crate::limits::Caller;
-use crate::types::{ChatRequest, ChatResponse, Content, FunctionCall, ImageUrl, Message, Part, StreamEvent, ToolCall};
+use crate::types::{
+    ChatRequest, ChatResponse, Content, FilePart, FunctionCall, ImageUrl, InputAudio, Message, Part, StreamEvent, ToolCall,
+};
 
 pub struct GatewayPort {
     gateway: Arc<Gateway>,
@@ -41,30 +45,57 @@ fn port_error(error: &GatewayError) -> PortError {
     PortError::new(kind, error.to_string())
 }
 
+/// A file as a content part, the way Dify's model plugins send it: its content inlined as
+/// base64 (Dify's default `MULTIMODAL_SEND_FORMAT`) — images as `image_url`, audio as
+/// `input_audio`, documents as `file`, videos as `video_url`. A remote file is fetched (through
+/// the egress checks) when files can be read here, else passed by URL.
+async fn file_part(file: &File, files: Option<&Arc<dyn FilePort>>, detail: Option<&str>) -> Result<Part, PortError> {
+    let name = file.filename.clone().unwrap_or_default();
+    if !matches!(file.kind.as_str(), "image" | "audio" | "video" | "document") {
+        // graphon's `to_prompt_message_content` for a kind no model reads.
+        return Ok(Part::Text { text: format!("[Unsupported file type: {name} ({})]", file.kind) });
+    }
+    let mime = file.mime_type.clone().filter(|mime| !mime.is_empty()).unwrap_or_else(|| "application/octet-stream".into());
+    let format = file.extension.as_deref().unwrap_or_default().trim_start_matches('.').to_owned();
+    let (data_url, base64) = match (files, file.remote_url.as_deref()) {
+        (Some(files), _) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(files.read(file).await?);
+            (format!("data:{mime};base64,{encoded}"), Some(encoded))
+        }
+        (None, Some(url)) if file.transfer_method == "remote_url" => (url.to_owned(), None),
+        (None, _) => return Err(PortError::new(PortErrorKind::InvalidRequest, format!("file {name} cannot be read here"))),
+    };
+    Ok(match file.kind.as_str() {
+        "image" => Part::ImageUrl { image_url: ImageUrl { url: data_url, detail: Some(detail.unwrap_or("low").to_owned()) } },
+        "audio" => match base64 {
+            Some(data) => Part::InputAudio { input_audio: InputAudio { data, format } },
+            None => return Err(PortError::new(PortErrorKind::InvalidRequest, format!("audio file {name} cannot be read here"))),
+        },
+        "video" => Part::VideoUrl { video_url: ImageUrl { url: data_url, detail: None } },
+        _ => Part::File { file: FilePart { filename: file.filename.clone(), file_data: Some(data_url), file_id: None } },
+    })
+}
+
 /// The request for a node's call: Dify's completion parameters as the client would send them,
-/// stop words, structured output as a JSON schema response format, images as parts.
-async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>) -> Result<ChatRequest, PortError> {
+/// stop words, structured output as a JSON schema response format, each message's files
+/// (those the model's `features` read) before its text.
+async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>, features: Features) -> Result<ChatRequest, PortError> {
     let mut messages = Vec::with_capacity(call.messages.len());
     for message in &call.messages {
-        let images: Vec<_> = message.files.iter().filter(|file| file.kind == "image").collect();
-        if message.files.len() > images.len() {
-            return Err(PortError::new(PortErrorKind::InvalidRequest, "not supported yet: non-image files in an LLM prompt"));
-        }
-        let content = if images.is_empty() {
+        let readable: Vec<&File> = message.files.iter().filter(|file| features.reads(&file.kind)).collect();
+        let content = if readable.is_empty() {
+            if message.content.is_empty() && !message.files.is_empty() {
+                // Every file was left out, as Dify's `_filter_prompt_messages` drops them.
+                continue;
+            }
             Content::Text(message.content.clone())
         } else {
-            let mut parts = vec![Part::Text { text: message.content.clone() }];
-            for image in images {
-                let url = match (&image.remote_url, files) {
-                    (Some(url), _) if image.transfer_method == "remote_url" => url.clone(),
-                    (_, Some(files)) => {
-                        let bytes = files.read(image).await?;
-                        let mime = image.mime_type.clone().unwrap_or_else(|| "image/png".into());
-                        format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
-                    }
-                    (_, None) => return Err(PortError::new(PortErrorKind::InvalidRequest, "this image cannot be read here")),
-                };
-                parts.push(Part::ImageUrl { image_url: ImageUrl { url, detail: None } });
+            let mut parts = Vec::with_capacity(readable.len() + 1);
+            for file in readable {
+                parts.push(file_part(file, files, call.image_detail.as_deref()).await?);
+            }
+            if !message.content.is_empty() {
+                parts.push(Part::Text { text: message.content.clone() });
             }
             Content::Parts(parts)
         };
@@ -127,7 +158,14 @@ impl ModelPort for GatewayPort {
                     ),
                 ));
             };
-            let request = request_for(&call, files.as_ref()).await?;
+            let features = gateway.config().model(&model).map(|config| config.features).unwrap_or_default();
+            let request = request_for(&call, files.as_ref(), features).await?;
+            if request.messages.is_empty() {
+                return Err(PortError::new(
+                    PortErrorKind::InvalidRequest,
+                    "No prompt found in the LLM configuration. Please ensure a prompt is properly configured before proceeding.",
+                ));
+            }
             if let Some(answer) = gateway.cached(&model, &request).await {
                 sink(&answer.content);
                 return Ok(ModelReply {

@@ -49,7 +49,7 @@ impl Content {
                 .iter()
                 .filter_map(|part| match part {
                     Part::Text { text } => Some(text.as_str()),
-                    Part::ImageUrl { .. } => None,
+                    _ => None,
                 })
                 .collect::<Vec<_>>()
                 .join(""),
@@ -58,11 +58,41 @@ impl Content {
     }
 }
 
+/// A content part, in OpenAI's shapes: text, an image, audio, a file (a PDF, say) or a video
+/// (vLLM's `video_url`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part {
     Text { text: String },
     ImageUrl { image_url: ImageUrl },
+    InputAudio { input_audio: InputAudio },
+    File { file: FilePart },
+    VideoUrl { video_url: ImageUrl },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputAudio {
+    /// Base64, no `data:` prefix.
+    pub data: String,
+    /// `mp3`, `wav`, …
+    pub format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilePart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// A `data:` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
+    /// A file uploaded to the provider beforehand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+}
+
+/// The media type and base64 data of a `data:` URL.
+pub fn data_url_parts(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -111,3 +111,37 @@ async fn a_streamed_tool_use_block_becomes_a_tool_call() {
     );
     assert_eq!(sent["messages"][2]["content"][0], json!({"type": "tool_result", "tool_use_id": "call_1", "content": "ok"}));
 }
+
+/// Files in a prompt: a PDF becomes a base64 `document` block, a text file a text document;
+/// audio, which Anthropic cannot read, is refused before anything is sent.
+#[tokio::test]
+async fn documents_become_document_blocks_and_audio_is_refused_here() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("claude-test", vec![Behaviour::reply("Read.")]);
+    let mut request = request("unused");
+    request.messages[1] = serde_json::from_value(json!({"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aW1n", "detail": "low"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERg=="}},
+        {"type": "file", "file": {"filename": "n.txt", "file_data": "data:text/plain;base64,bm90ZXM="}},
+        {"type": "text", "text": "Read these."}]}))
+    .unwrap();
+    let target = target(&mock);
+    assert_eq!(target.chat(&request, Timeouts::default()).await.unwrap().content, "Read.");
+    assert_eq!(
+        mock.received()[0].body["messages"][0]["content"],
+        json!([
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aW1n"}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERg=="}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+            {"type": "text", "text": "Read these."},
+        ])
+    );
+    request.messages[1] = serde_json::from_value(
+        json!({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}}]}),
+    )
+    .unwrap();
+    let refused = target.chat(&request, Timeouts::default()).await.unwrap_err();
+    assert_eq!(refused.class, ErrorClass::BadRequest);
+    assert!(refused.message.contains("no audio"), "{refused}");
+    assert_eq!(mock.received().len(), 1, "nothing was sent for the refused request");
+}

@@ -177,3 +177,29 @@ async fn the_gateway_serves_gemini_targets_for_chat_and_embeddings() {
         json!({"model": "models/gemini-test", "content": {"parts": [{"text": "one"}]}, "outputDimensionality": 4})
     );
 }
+
+/// Every kind of file goes to Gemini as `inlineData` with its media type.
+#[tokio::test]
+async fn files_of_every_kind_become_inline_data() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("gemini-test", vec![Behaviour::reply("Seen.")]);
+    let mut request = request("unused");
+    request.messages[1] = serde_json::from_value(json!({"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aW1n", "detail": "high"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERg=="}},
+        {"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}},
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}},
+        {"type": "text", "text": "What is in these?"}]}))
+    .unwrap();
+    assert_eq!(target(&mock).chat(&request, Timeouts::default()).await.unwrap().content, "Seen.");
+    assert_eq!(
+        mock.received()[0].body["contents"][0]["parts"],
+        json!([
+            {"inlineData": {"mimeType": "image/png", "data": "aW1n"}},
+            {"inlineData": {"mimeType": "application/pdf", "data": "JVBERg=="}},
+            {"inlineData": {"mimeType": "audio/mp3", "data": "SUQz"}},
+            {"inlineData": {"mimeType": "video/mp4", "data": "AAAA"}},
+            {"text": "What is in these?"},
+        ])
+    );
+}

@@ -79,6 +79,7 @@ impl ModelSettings {
             stop,
             json_schema,
             tools: Vec::new(),
+            image_detail: None,
         }
     }
 }
@@ -99,6 +100,12 @@ pub struct LlmNode {
     memory_turns: usize,
     /// A basic-editor chat app's prompt rules, which replace the template above.
     app_prompt: Option<AppPromptRules>,
+    /// With vision on, where the files for the model are (`sys.files` unless configured).
+    vision_files: Option<Selector>,
+    /// `vision.configs.detail`, for every image in the prompt.
+    image_detail: String,
+    /// Chat templates pass the files their variables hold; a completion template only text.
+    template_files: bool,
 }
 
 /// Dify's history limit when a node's memory window is off (`TokenBufferMemory`).
@@ -177,6 +184,19 @@ impl LlmNode {
             query: memory_query(data.memory.as_ref()).map(|template| TextTemplate::compile(&template, resolver)),
             memory_turns: memory_turns(data.memory.as_ref()),
             app_prompt: None,
+            vision_files: data.vision.enabled.then(|| {
+                let default = ["sys".to_owned(), "files".to_owned()];
+                let selector = data.vision.configs.as_ref().and_then(|configs| configs.variable_selector.as_deref());
+                resolver.selector(selector.filter(|selector| !selector.is_empty()).unwrap_or(&default))
+            }),
+            image_detail: data
+                .vision
+                .configs
+                .as_ref()
+                .and_then(|configs| configs.detail.clone())
+                .filter(|detail| !detail.is_empty())
+                .unwrap_or_else(|| "high".into()),
+            template_files: matches!(data.prompt_template, PromptTemplate::Chat(_)),
         }
     }
 
@@ -197,26 +217,56 @@ impl LlmNode {
     /// The prompt as graphon builds it: the template's messages, then, when the node has
     /// memory, the conversation's latest turns and the user's turn; messages that render empty
     /// are left out. Errors carry Dify's error type.
+    ///
+    /// Files go to the model as graphon sends them: a file variable in a basic template becomes
+    /// a message of its own (same role) after the message's text, and with vision on the
+    /// vision files go first into the last message when it is the user's (else in a user
+    /// message of their own).
     fn messages(&self, pool: &Pool, history: &[crate::inputs::PastTurn]) -> Result<Vec<ChatMessage>, (String, &'static str)> {
         let context = self.context.as_ref().and_then(|selector| pool.get(selector)).map(|value| context_text(&value));
         let jinja_inputs = bound_inputs(&self.jinja_bindings, pool);
         let mut messages = Vec::with_capacity(self.prompt.len());
+        // Whether the last message is one graphon builds with a content list (the template's
+        // and the query's), which vision files join; history messages are plain text.
+        let mut last_takes_files = false;
         for part in &self.prompt {
-            let mut content = match &part.text {
-                MessageText::Basic(template) => template.render(pool, Render::Text),
-                MessageText::Jinja(template) => template.render(&jinja_inputs).map_err(|error| (error, "TemplateRenderError"))?,
-            };
-            if part.uses_context {
-                content = content.replace(CONTEXT_PLACEHOLDER, context.as_deref().unwrap_or(""));
+            match &part.text {
+                MessageText::Basic(template) => {
+                    let mut content = template.render(pool, Render::Text);
+                    if part.uses_context {
+                        content = content.replace(CONTEXT_PLACEHOLDER, context.as_deref().unwrap_or(""));
+                    }
+                    let files = if self.template_files { prompt_files(template, pool) } else { Vec::new() };
+                    last_takes_files |= push_with_files(&mut messages, &part.role, content, files);
+                }
+                // A Jinja message is kept even when it renders empty (until the last step).
+                MessageText::Jinja(template) => {
+                    let content = template.render(&jinja_inputs).map_err(|error| (error, "TemplateRenderError"))?;
+                    messages.push(ChatMessage::text(&part.role, content));
+                    last_takes_files = true;
+                }
             }
-            messages.push(ChatMessage::text(&part.role, content));
         }
         if let Some(query) = &self.query {
             for turn in &history[history.len().saturating_sub(self.memory_turns)..] {
                 messages.push(ChatMessage::text("user", turn.query.clone()));
                 messages.push(ChatMessage::text("assistant", turn.answer.clone()));
+                last_takes_files = false;
             }
-            messages.push(ChatMessage::text("user", query.render(pool, Render::Text)));
+            let text = query.render(pool, Render::Text);
+            if !text.is_empty() {
+                let files = if self.template_files { prompt_files(query, pool) } else { Vec::new() };
+                last_takes_files |= push_with_files(&mut messages, "user", text, files);
+            }
+        }
+        let vision_files = self.vision_files.as_ref().and_then(|selector| pool.get(selector)).map(|value| files_of(&value, false));
+        if let Some(files) = vision_files.filter(|files| !files.is_empty()) {
+            match messages.last_mut() {
+                Some(last) if last.role == "user" && last_takes_files => {
+                    last.files.splice(0..0, files);
+                }
+                _ => messages.push(ChatMessage { files, ..ChatMessage::text("user", String::new()) }),
+            }
         }
         messages.retain(|message| !message.content.is_empty() || !message.files.is_empty());
         if messages.is_empty() {
@@ -244,7 +294,10 @@ impl LlmNode {
             },
         };
         let inputs = prompt_inputs(&self.model, &messages);
-        let call = self.model.call_with_stop(ctx, messages, self.structured_output.clone(), stop);
+        let mut call = self.model.call_with_stop(ctx, messages, self.structured_output.clone(), stop);
+        if self.app_prompt.is_none() {
+            call.image_detail = Some(self.image_detail.clone());
+        }
         let chunks = ctx.chunks.clone();
         let selector: Arc<[String]> = Arc::from(vec![ctx.node.id.to_string(), "text".to_owned()]);
         let stream_selector = selector.clone();
@@ -269,6 +322,41 @@ impl LlmNode {
             }
         }))
     }
+}
+
+/// The files a value holds (a file or an array of files); with `prompt_kinds`, only the kinds
+/// a prompt template passes on (image, video, audio, document).
+fn files_of(value: &Value, prompt_kinds: bool) -> Vec<crate::value::File> {
+    let wanted = |file: &crate::value::File| !prompt_kinds || matches!(file.kind.as_str(), "image" | "video" | "audio" | "document");
+    match value {
+        Value::File(file) if wanted(file) => vec![(**file).clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::File(file) if wanted(file) => Some((**file).clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The files a basic template refers to, in order.
+fn prompt_files(template: &TextTemplate, pool: &Pool) -> Vec<crate::value::File> {
+    template.resolved_values(pool).iter().flat_map(|value| files_of(value, true)).collect()
+}
+
+/// graphon's `handle_list_messages` for a basic template: the text when there is any, then
+/// the files as a message of their own. Whether it added a message.
+fn push_with_files(messages: &mut Vec<ChatMessage>, role: &str, content: String, files: Vec<crate::value::File>) -> bool {
+    let before = messages.len();
+    if !content.is_empty() {
+        messages.push(ChatMessage::text(role, content));
+    }
+    if !files.is_empty() {
+        messages.push(ChatMessage { files, ..ChatMessage::text(role, String::new()) });
+    }
+    messages.len() > before
 }
 
 fn context_text(value: &Value) -> String {

@@ -319,3 +319,127 @@ async fn prices_are_difys_for_the_tokens_the_upstream_reports() {
         "{metrics}"
     );
 }
+
+/// Serves a case's file bytes by URL, as the server's file store and egress would.
+struct CaseFiles(std::collections::HashMap<String, Vec<u8>>);
+
+impl flowgate_engine::ports::FilePort for CaseFiles {
+    fn read(
+        &self,
+        file: &flowgate_engine::File,
+    ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, flowgate_engine::ports::PortError>> {
+        let bytes = file.remote_url.as_ref().and_then(|url| self.0.get(url)).cloned();
+        Box::pin(async move {
+            bytes.map(bytes::Bytes::from).ok_or_else(|| {
+                flowgate_engine::ports::PortError::new(flowgate_engine::ports::PortErrorKind::Other, "no such file in the case")
+            })
+        })
+    }
+
+    fn store(
+        &self,
+        _content: bytes::Bytes,
+        _mime_type: &str,
+        _filename: &str,
+    ) -> futures::future::BoxFuture<'static, Result<flowgate_engine::File, flowgate_engine::ports::PortError>> {
+        Box::pin(async { Err(flowgate_engine::ports::PortError::new(flowgate_engine::ports::PortErrorKind::Other, "read only")) })
+    }
+}
+
+/// graphon's prompt content as OpenAI's chat completions carry it (what Dify's OpenAI plugin
+/// sends): images as `image_url` data URLs with their detail, documents as `file`, audio as
+/// `input_audio`, videos as `video_url`.
+fn openai_content(content: &Json) -> Json {
+    let Some(items) = content.as_array() else { return content.clone() };
+    let parts = items.iter().map(|item| {
+        let data_url = || format!("data:{};base64,{}", item["mime_type"].as_str().unwrap(), item["base64_data"].as_str().unwrap());
+        match item["type"].as_str().unwrap() {
+            "text" => json!({"type": "text", "text": item["text"]}),
+            "image" => json!({"type": "image_url", "image_url": {"url": data_url(), "detail": item["detail"]}}),
+            "document" => json!({"type": "file", "file": {"filename": item["filename"], "file_data": data_url()}}),
+            "audio" => json!({"type": "input_audio", "input_audio": {"data": item["base64_data"], "format": item["format"]}}),
+            "video" => json!({"type": "video_url", "video_url": {"url": data_url()}}),
+            other => panic!("unknown content type {other}"),
+        }
+    });
+    Json::Array(parts.collect())
+}
+
+/// llm nodes with files, against graphon's own prompts (`vision-cases.json`): a file variable
+/// in a chat template becomes a message of its own after the text; with vision on, the vision
+/// files go first into the user's turn (or a user message of their own after an assistant
+/// message) with the node's detail; files of kinds the model's `features` leave out (audio
+/// here) are dropped. Every request the mock upstream receives must carry graphon's messages in
+/// OpenAI's content parts, the files' bytes inlined as base64 (Dify's default send format).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_prompts_with_files_are_graphons() {
+    let folder = repo_root().join("tests/conformance/model-prompts");
+    let cases: Vec<Json> = serde_json::from_str(&std::fs::read_to_string(folder.join("vision-cases.json")).unwrap()).unwrap();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let id = case["id"].as_str().unwrap();
+        let expected: Json = serde_json::from_str(&std::fs::read_to_string(folder.join(format!("expected/{id}.json"))).unwrap()).unwrap();
+        let calls = expected["calls"].as_array().unwrap();
+        let mock = MockUpstream::start().unwrap();
+        let answers =
+            calls.iter().map(|call| Behaviour::reply(case["replies"][call["node_id"].as_str().unwrap()]["text"].as_str().unwrap()));
+        mock.script("upstream-model", answers.collect());
+        let yaml = format!(
+            "models:\n  - name: main\n    features: {}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
+            case["features"],
+            mock.base_url()
+        );
+        let gateway =
+            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+        let bytes =
+            case["file_bytes"].as_object().unwrap().iter().map(|(url, text)| (url.clone(), text.as_str().unwrap().as_bytes().to_vec()));
+        let files: Arc<dyn flowgate_engine::ports::FilePort> = Arc::new(CaseFiles(bytes.collect()));
+        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, Some(files.clone())))), files: Some(files), ..Ports::default() };
+        let document = Document::load(&std::fs::read_to_string(folder.join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
+        let plan = Arc::new(Plan::compile(&document).unwrap());
+        let history: Vec<PastTurn> = case["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|turn| PastTurn { query: turn[0].as_str().unwrap().into(), answer: turn[1].as_str().unwrap().into() })
+            .collect();
+        let sys_files = case["sys_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|spec| {
+                flowgate_engine::inputs::default_file_resolver(&flowgate_engine::value::map_from_json(spec.as_object().unwrap())).unwrap()
+            })
+            .collect();
+        let request = RunRequest {
+            inputs: flowgate_engine::value::map_from_json(case["inputs"].as_object().unwrap()),
+            query: case["query"].as_str().map(str::to_owned),
+            files: sys_files,
+            user_id: "oracle-user".into(),
+            conversation_id: Some("oracle-conversation".into()),
+            dialogue_count: Some(history.len() as i64 + 1),
+            history: history.into(),
+            ..RunRequest::default()
+        };
+        let mut events = Vec::new();
+        let summary = Engine::new(ports).run(&plan, request, &mut events, None).await.unwrap();
+        assert_eq!(summary.status.as_str(), expected["status"], "{id}: {:?}", summary.error);
+        assert_eq!(json!(summary.answer), expected["answer"], "{id}");
+        let received = mock.received();
+        assert_eq!(received.len(), calls.len(), "{id}: one upstream call per llm node");
+        for (call, request) in calls.iter().zip(&received) {
+            let node = call["node_id"].as_str().unwrap();
+            let want: Vec<Json> = call["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|message| json!({"role": message["role"], "content": openai_content(&message["content"])}))
+                .collect();
+            assert_eq!(request.body["messages"], json!(want), "{id}: {node}: messages");
+        }
+        // The bytes really are the files' (not a URL the upstream would have to fetch):
+        // base64 of "photo-png-bytes".
+        let first_image = &received[0].body["messages"][2]["content"][0]["image_url"]["url"];
+        assert_eq!(first_image, "data:image/png;base64,cGhvdG8tcG5nLWJ5dGVz", "{id}");
+    }
+}
