@@ -16,6 +16,26 @@ use serde_json::{Value as Json, json};
 
 use crate::harness::repo_root;
 
+/// A gateway whose one logical model (the default) is the mock's `upstream-model`, with extra
+/// model settings (`tool_calls: false`, `pricing: …`) as YAML lines.
+fn gateway_to(mock: &MockUpstream, settings: &str) -> Arc<Gateway> {
+    let yaml = format!(
+        "models:\n  - name: main\n{settings}    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
+        mock.base_url()
+    );
+    Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap())
+}
+
+/// A case's `history`: `[[query, answer], …]`.
+fn past_turns(case: &Json) -> Vec<PastTurn> {
+    case["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|turn| PastTurn { query: turn[0].as_str().unwrap().into(), answer: turn[1].as_str().unwrap().into() })
+        .collect()
+}
+
 /// Cases whose model calls happen one after another, in the order their answers are listed.
 const CASES: &[(&str, &[&str])] = &[
     ("fixture-basic-llm-chat-workflow", &["llm_node"]),
@@ -35,13 +55,7 @@ async fn model_nodes_through_the_gateway_match_graphon() {
         let mock = MockUpstream::start().unwrap();
         let answers: Vec<Behaviour> = order.iter().map(|node| Behaviour::reply(case["mocks"][*node].as_str().unwrap())).collect();
         mock.script("upstream-model", answers);
-        let yaml = format!(
-            "models:\n  - name: main\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
-            mock.base_url()
-        );
-        let gateway =
-            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
-        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, None))), ..Ports::default() };
+        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway_to(&mock, ""), None))), ..Ports::default() };
         let document = Document::load(&std::fs::read_to_string(repo_root().join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
         let plan = Arc::new(Plan::compile(&document).unwrap());
         let chat = document.app.mode == AppMode::AdvancedChat;
@@ -129,22 +143,11 @@ async fn parameter_extractor_prompts_are_graphons() {
             })
             .collect();
         mock.script("upstream-model", answers);
-        let yaml = format!(
-            "models:\n  - name: main\n    tool_calls: {}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
-            case["tool_calls"],
-            mock.base_url()
-        );
-        let gateway =
-            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+        let gateway = gateway_to(&mock, &format!("    tool_calls: {}\n", case["tool_calls"]));
         let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, None))), ..Ports::default() };
         let document = Document::load(&std::fs::read_to_string(folder.join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
         let plan = Arc::new(Plan::compile(&document).unwrap());
-        let history: Vec<PastTurn> = case["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|turn| PastTurn { query: turn[0].as_str().unwrap().into(), answer: turn[1].as_str().unwrap().into() })
-            .collect();
+        let history = past_turns(case);
         let request = RunRequest {
             inputs: flowgate_engine::value::map_from_json(case["inputs"].as_object().unwrap()),
             query: case["query"].as_str().map(str::to_owned),
@@ -255,12 +258,7 @@ async fn prices_are_difys_for_the_tokens_the_upstream_reports() {
             Behaviour::reply("{\"amount\": 12.5, \"currency\": \"EUR\", \"items\": [\"mug\"]}").reporting(412, 7),
         ],
     );
-    let yaml = format!(
-        "models:\n  - name: main\n    pricing: {{input: '2.5', output: 10, unit: 0.000001, currency: USD}}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
-        mock.base_url()
-    );
-    let gateway =
-        Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+    let gateway = gateway_to(&mock, "    pricing: {input: '2.5', output: 10, unit: 0.000001, currency: USD}\n");
     let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway.clone(), None))), ..Ports::default() };
     let document =
         Document::load(&std::fs::read_to_string(repo_root().join("tests/conformance/dsl/classifier-extractor.yml")).unwrap()).unwrap();
@@ -384,25 +382,14 @@ async fn llm_prompts_with_files_are_graphons() {
         let answers =
             calls.iter().map(|call| Behaviour::reply(case["replies"][call["node_id"].as_str().unwrap()]["text"].as_str().unwrap()));
         mock.script("upstream-model", answers.collect());
-        let yaml = format!(
-            "models:\n  - name: main\n    features: {}\n    targets:\n      - {{provider: openai_compatible, model: upstream-model, base_url: '{}'}}\ndefault: main\n",
-            case["features"],
-            mock.base_url()
-        );
-        let gateway =
-            Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap());
+        let gateway = gateway_to(&mock, &format!("    features: {}\n", case["features"]));
         let bytes =
             case["file_bytes"].as_object().unwrap().iter().map(|(url, text)| (url.clone(), text.as_str().unwrap().as_bytes().to_vec()));
         let files: Arc<dyn flowgate_engine::ports::FilePort> = Arc::new(CaseFiles(bytes.collect()));
         let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway, Some(files.clone())))), files: Some(files), ..Ports::default() };
         let document = Document::load(&std::fs::read_to_string(folder.join(case["dsl"].as_str().unwrap())).unwrap()).unwrap();
         let plan = Arc::new(Plan::compile(&document).unwrap());
-        let history: Vec<PastTurn> = case["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|turn| PastTurn { query: turn[0].as_str().unwrap().into(), answer: turn[1].as_str().unwrap().into() })
-            .collect();
+        let history = past_turns(case);
         let sys_files = case["sys_files"]
             .as_array()
             .unwrap()
