@@ -260,6 +260,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
         .route("/openai/deployments/{deployment}/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
@@ -438,6 +440,47 @@ fn sse(data: &Value) -> Bytes {
 
 fn anthropic_sse(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// OpenAI's legacy completions API, which vLLM and others serve for base models: `prompt` in,
+/// `choices[0].text` out.
+async fn completions(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else { return bad_request("We could not parse the JSON body of your request.") };
+    shared.record(&uri.to_string(), &headers, &body);
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let Some(prompt_text) = body["prompt"].as_str() else {
+        return bad_request("you must provide a model parameter and a prompt");
+    };
+    if model.is_empty() || body.get("messages").is_some() {
+        return bad_request("Unrecognized request argument supplied: messages");
+    }
+    let behaviour = shared.next(&model);
+    pause(behaviour.latency).await;
+    if behaviour.status != 200 {
+        return error_response(&behaviour, Wire::OpenAi);
+    }
+    let reply = behaviour.reply.clone().unwrap_or_else(|| prompt_text.to_owned());
+    let tokens = tokens_of(&reply);
+    let (prompt, completion) = behaviour.usage.unwrap_or((prompt_text.chars().count().div_ceil(4) as u64, tokens.len() as u64));
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let id = format!("cmpl-mock-{}", now_seconds());
+    let created = now_seconds();
+    let choice = |text: &str, finish: Value| json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish});
+    if body["stream"] != json!(true) {
+        return axum::Json(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [choice(&reply, json!("stop"))], "usage": usage}))
+        .into_response();
+    }
+    let chunk =
+        |choices: Value| sse(&json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices}));
+    let mut frames: Vec<Bytes> = tokens.iter().map(|token| chunk(json!([choice(token, Value::Null)]))).collect();
+    frames.push(chunk(json!([choice("", json!("stop"))])));
+    if body["stream_options"]["include_usage"] == json!(true) {
+        frames
+            .push(sse(&json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage})));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    event_stream(frames, 0, behaviour)
 }
 
 async fn chat_completions(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -52,7 +52,7 @@ pub(crate) fn key(model: &str, request: &ChatRequest) -> String {
     for ignored in ["user", "stream", "stream_options"] {
         parameters.remove(ignored);
     }
-    let normalised = json!({"model": model, "messages": request.messages, "parameters": sorted(&Value::Object(parameters))});
+    let normalised = json!({"model": model, "messages": request.messages, "parameters": sorted(&Value::Object(parameters)), "completion": request.completion});
     let digest = ring::digest::digest(&ring::digest::SHA256, sorted(&normalised).to_string().as_bytes());
     let hex: String = digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect();
     format!("flowgate:cache:{hex}")
@@ -142,6 +142,7 @@ mod tests {
             model: String::new(),
             messages: text_messages(&[("user", "hi")]),
             parameters: parameters.as_object().cloned().unwrap_or_default(),
+            completion: false,
         };
         let base = key(
             "m",

@@ -411,6 +411,7 @@ mod tests {
             model: "gemini-2.5-flash".into(),
             messages: vec![Message::text("system", "Be brief."), Message::text("user", "Weather and time?"), assistant, weather, time],
             parameters,
+            completion: false,
         };
         let body = body(&request).unwrap();
         assert_eq!(body["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));

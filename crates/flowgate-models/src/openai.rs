@@ -74,7 +74,11 @@ impl OpenAiTarget {
     fn body(&self, request: &ChatRequest, stream: bool) -> Value {
         let mut body = serde_json::Map::new();
         body.insert("model".into(), json!(request.model));
-        body.insert("messages".into(), serde_json::to_value(&request.messages).unwrap_or(Value::Null));
+        if request.completion {
+            body.insert("prompt".into(), json!(request.prompt()));
+        } else {
+            body.insert("messages".into(), serde_json::to_value(&request.messages).unwrap_or(Value::Null));
+        }
         for (name, value) in &request.parameters {
             if !matches!(name.as_str(), "model" | "messages" | "stream" | "stream_options") {
                 body.insert(name.clone(), value.clone());
@@ -100,9 +104,22 @@ impl OpenAiTarget {
 
     pub async fn chat(&self, request: &ChatRequest, timeouts: Timeouts) -> Result<ChatResponse, ProviderError> {
         let deadline = Instant::now() + timeouts.total;
-        let response = self.send("/chat/completions", &self.body(request, false), deadline).await?;
+        let response = self.send(path(request), &self.body(request, false), deadline).await?;
         let json = read_json(response, &self.label, deadline).await?;
         let choice = &json["choices"][0];
+        if request.completion {
+            let Some(text) = choice["text"].as_str() else {
+                return Err(ProviderError::new(ErrorClass::Protocol, &self.label, "the answer has no choices[0].text"));
+            };
+            return Ok(ChatResponse {
+                id: json["id"].as_str().unwrap_or_default().to_owned(),
+                model: json["model"].as_str().unwrap_or(&request.model).to_owned(),
+                content: text.to_owned(),
+                finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+                usage: serde_json::from_value(json["usage"].clone()).ok(),
+                ..ChatResponse::default()
+            });
+        }
         let message = &choice["message"];
         if !message.is_object() {
             return Err(ProviderError::new(ErrorClass::Protocol, &self.label, "the answer has no choices[0].message"));
@@ -125,7 +142,7 @@ impl OpenAiTarget {
         let started = Instant::now();
         let deadline = started + timeouts.total;
         let first_token_deadline = (started + timeouts.first_token).min(deadline);
-        let response = self.send("/chat/completions", &self.body(request, true), first_token_deadline).await?;
+        let response = self.send(path(request), &self.body(request, true), first_token_deadline).await?;
         ChatStream::start(&self.label, response, Dialect::OpenAi, first_token_deadline, deadline).await
     }
 
@@ -135,6 +152,11 @@ impl OpenAiTarget {
         let response = self.send("/embeddings", body, deadline).await?;
         read_json(response, &self.label, deadline).await
     }
+}
+
+/// Chat models answer on `/chat/completions`, completion models on `/completions`.
+fn path(request: &ChatRequest) -> &'static str {
+    if request.completion { "/completions" } else { "/chat/completions" }
 }
 
 /// A stream chunk as OpenAI-compatible servers send it; only what the gateway reads, borrowed
@@ -153,6 +175,9 @@ struct Chunk<'a> {
 struct ChunkChoice<'a> {
     #[serde(default, borrow)]
     delta: Delta<'a>,
+    /// A `/completions` stream's text.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -203,7 +228,7 @@ pub(crate) fn parse_chunk(label: &str, data: &str, state: &mut StreamState, pend
         if let Some(text) = delta.reasoning_content.or(delta.reasoning).filter(|text| !text.is_empty()) {
             pending.push_back(StreamEvent::Reasoning(text.into_owned()));
         }
-        if let Some(text) = delta.content.filter(|text| !text.is_empty()) {
+        if let Some(text) = delta.content.or(choice.text).filter(|text| !text.is_empty()) {
             pending.push_back(StreamEvent::Text(text.into_owned()));
         }
         for call in delta.tool_calls {

@@ -129,7 +129,7 @@ async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>, featur
             .collect();
         parameters.insert("tools".into(), Value::Array(tools));
     }
-    Ok(ChatRequest { model: call.model.clone(), messages, parameters })
+    Ok(ChatRequest { model: call.model.clone(), messages, parameters, completion: call.mode == "completion" })
 }
 
 fn invocations(calls: &[ToolCall]) -> Vec<ToolInvocation> {

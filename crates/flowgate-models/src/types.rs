@@ -131,9 +131,21 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub parameters: Map<String, Value>,
+    /// A completion-mode model (Dify's `mode: completion`): the text of the messages is the
+    /// `prompt` of a `/completions` call on OpenAI-compatible targets, as Dify's plugins send it;
+    /// providers without that API get it as a chat.
+    pub completion: bool,
 }
 
 impl ChatRequest {
+    pub fn chat(model: String, messages: Vec<Message>, parameters: Map<String, Value>) -> Self {
+        Self { model, messages, parameters, completion: false }
+    }
+
+    /// The completion prompt: the messages' text, joined.
+    pub fn prompt(&self) -> String {
+        self.messages.iter().map(|message| message.content.as_text()).collect::<Vec<_>>().join("\n")
+    }
     /// The output cap the request sets: the larger of `max_tokens` and
     /// `max_completion_tokens` (a client that sets both must not get past a limit through the
     /// smaller one).

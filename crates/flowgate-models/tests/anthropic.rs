@@ -23,7 +23,7 @@ fn request(text: &str) -> ChatRequest {
     parameters.insert("max_tokens".into(), json!(50));
     parameters.insert("stop".into(), json!("END"));
     parameters.insert("presence_penalty".into(), json!(0.5));
-    ChatRequest { model: "claude-test".into(), messages: text_messages(&[("system", "Be brief."), ("user", text)]), parameters }
+    ChatRequest::chat("claude-test".into(), text_messages(&[("system", "Be brief."), ("user", text)]), parameters)
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ fn request(text: &str) -> ChatRequest {
     parameters.insert("stop".into(), json!(["END"]));
     parameters.insert("response_format".into(), json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}));
     parameters.insert("logit_bias".into(), json!({"50256": -100}));
-    ChatRequest { model: "gemini-test".into(), messages: text_messages(&[("system", "Be brief."), ("user", text)]), parameters }
+    ChatRequest::chat("gemini-test".into(), text_messages(&[("system", "Be brief."), ("user", text)]), parameters)
 }
 
 #[tokio::test]

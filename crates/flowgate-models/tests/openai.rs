@@ -17,7 +17,7 @@ fn request(model: &str, text: &str) -> ChatRequest {
     let mut parameters = serde_json::Map::new();
     parameters.insert("temperature".into(), json!(0.2));
     parameters.insert("max_tokens".into(), json!(64));
-    ChatRequest { model: model.into(), messages: text_messages(&[("system", "Be brief."), ("user", text)]), parameters }
+    ChatRequest::chat(model.into(), text_messages(&[("system", "Be brief."), ("user", text)]), parameters)
 }
 
 #[tokio::test]
@@ -137,4 +137,33 @@ async fn embeddings_pass_through() {
     assert_eq!(answer["data"][0]["embedding"].as_array().unwrap().len(), 4);
     let norm: f64 = answer["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
     assert!((norm - 1.0).abs() < 1e-9, "a unit vector, as OpenAI's are");
+}
+
+/// A completion-mode model is asked on `/completions` with the prompt as text, as Dify's
+/// plugins ask base models; streamed and not, its text comes back as the answer.
+#[tokio::test]
+async fn a_completion_model_is_asked_on_the_completions_api() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("base-model", vec![Behaviour::reply("Once upon a time").reporting(6, 4), Behaviour::reply("the end")]);
+    let mut request =
+        ChatRequest::chat("base-model".into(), text_messages(&[("user", "Human: Tell a story\nAssistant: ")]), Default::default());
+    request.completion = true;
+    request.parameters.insert("stop".into(), json!(["\nHuman:"]));
+    let target = target(&mock);
+    let answer = target.chat(&request, Timeouts::default()).await.unwrap();
+    assert_eq!(answer.content, "Once upon a time");
+    assert_eq!(answer.usage, Some(TokenUsage { prompt_tokens: 6, completion_tokens: 4, total_tokens: 10 }));
+    let mut stream = target.chat_stream(&request, Timeouts::default()).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event.unwrap());
+    }
+    assert_eq!(events[..3], [StreamEvent::Text("the ".into()), StreamEvent::Text("end".into()), StreamEvent::Finish("stop".into())]);
+    assert!(matches!(events[3], StreamEvent::Usage(_)), "{events:?}");
+    for sent in mock.received() {
+        assert_eq!(sent.path, "/v1/completions");
+        assert_eq!(sent.body["prompt"], "Human: Tell a story\nAssistant: ");
+        assert_eq!(sent.body["stop"], json!(["\nHuman:"]));
+        assert!(sent.body.get("messages").is_none());
+    }
 }

@@ -16,7 +16,7 @@ fn gateway(yaml: &str) -> Arc<Gateway> {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest { model: String::new(), messages: text_messages(&[("user", text)]), parameters: Default::default() }
+    ChatRequest::chat(String::new(), text_messages(&[("user", text)]), Default::default())
 }
 
 fn target(mock: &MockUpstream, model: &str, extra: &str) -> String {
@@ -180,6 +180,7 @@ async fn prefix_affinity_keeps_a_conversation_on_one_target_and_spreads_others()
             model: String::new(),
             messages: text_messages(&[("system", &system), ("user", "first question")]),
             parameters: Default::default(),
+            completion: false,
         };
         let home = which(&gateway.chat("m", &request).await.unwrap());
         homes.insert(home);

@@ -141,7 +141,7 @@ fn parse(body: &[u8]) -> Result<Parsed, OpenAiError> {
     };
     let include_usage = object.remove("stream_options").is_some_and(|options| options["include_usage"] == json!(true));
     let parameters: Map<String, Value> = object;
-    Ok(Parsed { model: model.clone(), request: ChatRequest { model, messages, parameters }, stream, include_usage })
+    Ok(Parsed { model: model.clone(), request: ChatRequest::chat(model, messages, parameters), stream, include_usage })
 }
 
 fn now_seconds() -> u64 {

@@ -72,9 +72,15 @@ fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    let paths: Vec<String> = mock.received().into_iter().map(|request| request.path).collect();
     let received: Vec<serde_json::Value> = mock.received().into_iter().map(|request| request.body).collect();
     assert_eq!(received.len(), REPLIES.len(), "one model call per answer: {received:#?}");
     let messages = |index: usize| received[index]["messages"].clone();
+    // A completion-mode model's one prompt, sent to `/completions`.
+    let prompt = |index: usize| {
+        assert_eq!(paths[index], "/v1/completions", "call {index}");
+        received[index]["prompt"].clone()
+    };
     let stop = |index: usize| received[index].get("stop").cloned();
 
     // Simple prompt, chat model: pre_prompt + "\n" as the system message, `{{persona}}` from the
@@ -94,16 +100,17 @@ fn basic_editor_apps_send_difys_prompts_and_answer_over_the_service_api() {
         ])
     );
 
-    // Simple prompt, completion model: one user message, the query in common_chat.json's
-    // query_prompt, its stop words; from the second turn on, the histories block.
-    assert_eq!(messages(2), json!([{"role": "user", "content": "Be brief.\n\n\nHuman: Hi\n\nAssistant: "}]));
+    // Simple prompt, completion model: one prompt on the completions API, the query in
+    // common_chat.json's query_prompt, its stop words; from the second turn on, the histories
+    // block.
+    assert_eq!(prompt(2), json!("Be brief.\n\n\nHuman: Hi\n\nAssistant: "));
     assert_eq!(stop(2), Some(json!(["\nHuman:", "</histories>"])));
     let second = format!(
         "Be brief.\nHere is the chat histories between human and assistant, inside <histories></histories> XML tags.\n\n\
          <histories>\nHuman: Hi\nAssistant: {}\n</histories>\n\n\n\nHuman: Again\n\nAssistant: ",
         REPLIES[2]
     );
-    assert_eq!(messages(3), json!([{"role": "user", "content": second}]));
+    assert_eq!(prompt(3), json!(second));
 
     // Expert mode, chat model: the messages as written (a missing input is empty, an empty
     // context is empty, `<|...|>` special tokens are removed), then the query; the model's stop.

@@ -170,7 +170,14 @@ async fn parameter_extractor_prompts_are_graphons() {
         assert_eq!(received.len(), calls.len(), "{id}: one upstream call per extractor that asks");
         for (call, request) in calls.iter().zip(&received) {
             let node = call["node_id"].as_str().unwrap();
-            assert_eq!(same_ids(&request.body["messages"]), same_ids(&wire_messages(&call["messages"])), "{id}: {node}: messages");
+            if request.path.ends_with("/chat/completions") {
+                assert_eq!(same_ids(&request.body["messages"]), same_ids(&wire_messages(&call["messages"])), "{id}: {node}: messages");
+            } else {
+                // A completion-mode model: graphon's one user message is the prompt.
+                assert_eq!(request.path, "/v1/completions", "{id}: {node}");
+                let [message] = call["messages"].as_array().unwrap().as_slice() else { panic!("{id}: {node}: one message") };
+                assert_eq!((&message["role"], &request.body["prompt"]), (&json!("user"), &message["content"]), "{id}: {node}: prompt");
+            }
             let tools: Vec<Json> =
                 call["tools"].as_array().unwrap().iter().map(|tool| json!({"type": "function", "function": tool})).collect();
             assert_eq!(request.body.get("tools").cloned().unwrap_or(json!([])), json!(tools), "{id}: {node}: tools");
