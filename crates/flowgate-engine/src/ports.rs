@@ -270,6 +270,13 @@ pub trait ModelPort: Send + Sync {
         let _ = (provider, model);
         false
     }
+
+    /// The model's context window in tokens, when known: memory is trimmed to fit it, as
+    /// Dify trims to the model schema's `context_size`.
+    fn context_size(&self, provider: &str, model: &str) -> Option<u64> {
+        let _ = (provider, model);
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

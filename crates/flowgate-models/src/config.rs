@@ -128,6 +128,9 @@ struct RawModel {
     /// Which kinds of file the targets read (Dify's model features).
     #[serde(default)]
     features: Option<Vec<String>>,
+    /// The targets' context window in tokens (Dify's `context_size`).
+    #[serde(default)]
+    context_size: Option<u64>,
 }
 
 /// Dify's model `pricing`: `input` and `output` per `unit` tokens (`unit: 0.000001` is a price
@@ -288,6 +291,9 @@ pub struct ModelConfig {
     /// The kinds of file the targets read; files of other kinds are left out of prompts, as
     /// Dify leaves out what a model's features do not list.
     pub features: Features,
+    /// The context window in tokens: conversation memory is trimmed to fit it, oldest messages
+    /// first, as Dify trims to a model's `context_size`. Unknown (no trimming) when unset.
+    pub context_size: Option<u64>,
 }
 
 /// Dify's multimodal model features.
@@ -429,6 +435,7 @@ impl GatewayConfig {
                 default_max_tokens: raw_model.default_max_tokens.unwrap_or(4096),
                 tool_calls: raw_model.tool_calls.unwrap_or(true),
                 features,
+                context_size: raw_model.context_size,
             });
         }
         for mapping in &raw.dify {

@@ -145,6 +145,11 @@ impl ModelPort for GatewayPort {
         config.resolve(provider, model).and_then(|name| config.model(name)).is_some_and(|model| model.tool_calls)
     }
 
+    fn context_size(&self, provider: &str, model: &str) -> Option<u64> {
+        let config = self.gateway.config();
+        config.resolve(provider, model).and_then(|name| config.model(name)).and_then(|model| model.context_size)
+    }
+
     fn invoke(&self, call: ModelCall, sink: TextSink) -> BoxFuture<'static, Result<ModelReply, PortError>> {
         let gateway = self.gateway.clone();
         let files = self.files.clone();

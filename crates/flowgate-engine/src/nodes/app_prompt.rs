@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use flowgate_dsl::AppPrompt;
 
+use super::memory;
 use crate::inputs::PastTurn;
 use crate::pool::{Pool, Slot};
 use crate::ports::ChatMessage;
@@ -43,11 +44,20 @@ impl AppPromptRules {
     }
 
     /// `conversation` is whether the turn continues a conversation: Dify reads memory (and
-    /// writes a completion model's histories block, empty or not) only then.
-    pub fn build(&self, pool: &Pool, history: &[PastTurn], conversation: bool) -> BuiltPrompt {
+    /// writes a completion model's histories block, empty or not) only then. With a token
+    /// `budget` (the model's context less its output cap), the history is trimmed to what the
+    /// prompt without it leaves, as Dify's `_calculate_rest_token` sizes it.
+    pub fn build(&self, pool: &Pool, history: &[PastTurn], conversation: bool, budget: Option<i64>) -> BuiltPrompt {
+        let limit = budget.filter(|_| !history.is_empty()).map(|budget| {
+            let bare = self.build_with(pool, &[], conversation);
+            (budget - memory::estimate_tokens(&bare.messages)).max(0)
+        });
+        self.build_with(pool, &memory::history_messages(history, HISTORY_TURNS, limit), conversation)
+    }
+
+    fn build_with(&self, pool: &Pool, history: &[ChatMessage], conversation: bool) -> BuiltPrompt {
         let query = pool.variable(Slot::Sys, "query").map(Value::to_text).unwrap_or_default();
         let files = user_files(pool);
-        let history = &history[history.len().saturating_sub(HISTORY_TURNS)..];
         // The simple rules format every input with `str()` (a missing one reads "None"); the
         // advanced ones fill a missing one with nothing.
         let inputs = |keys: Vec<String>, simple: bool| -> HashMap<String, String> {
@@ -67,7 +77,7 @@ impl AppPromptRules {
                 if !prompt.is_empty() && !query.is_empty() {
                     messages.push(message("system", prompt.clone(), Vec::new()));
                 }
-                push_turns(&mut messages, history);
+                messages.extend(history.iter().cloned());
                 messages.push(message("user", if query.is_empty() { prompt } else { query }, files));
                 // A chat app sends no stop words here, not even the model's; an agent app does.
                 BuiltPrompt { messages, stop: if self.agent { None } else { Some(Vec::new()) } }
@@ -77,7 +87,7 @@ impl AppPromptRules {
                 let mut variables = inputs(variable_keys(pre_prompt), true);
                 if conversation {
                     template.push_str(HISTORIES_PROMPT);
-                    variables.insert("#histories#".into(), transcript(history, "Human", "Assistant"));
+                    variables.insert("#histories#".into(), memory::history_text(history, "Human", "Assistant"));
                 }
                 template.push_str(QUERY_PROMPT);
                 variables.insert("#query#".into(), query);
@@ -85,7 +95,7 @@ impl AppPromptRules {
                 BuiltPrompt { messages: vec![message("user", format(&template, &variables), files)], stop: Some(stop) }
             }
             (AppPrompt::AdvancedChat { messages: template }, _) => {
-                let mut messages = Vec::with_capacity(template.len() + history.len() * 2 + 1);
+                let mut messages = Vec::with_capacity(template.len() + history.len() + 1);
                 for (role, text) in template {
                     let mut variables = inputs(variable_keys(text), false);
                     if has_key(text, "#context#") {
@@ -99,7 +109,7 @@ impl AppPromptRules {
                     }
                 }
                 if conversation {
-                    push_turns(&mut messages, history);
+                    messages.extend(history.iter().cloned());
                     messages.push(message("user", query, files));
                 } else if !files.is_empty() && query.is_empty() {
                     // The files go with the last message when it is the user's.
@@ -120,7 +130,7 @@ impl AppPromptRules {
                 if let (true, Some((user_prefix, assistant_prefix))) = (conversation, role_prefix)
                     && has_key(text, "#histories#")
                 {
-                    variables.insert("#histories#".into(), transcript(history, user_prefix, assistant_prefix));
+                    variables.insert("#histories#".into(), memory::history_text(history, user_prefix, assistant_prefix));
                 }
                 if !query.is_empty() && has_key(text, "#query#") {
                     variables.insert("#query#".into(), query);
@@ -133,23 +143,6 @@ impl AppPromptRules {
 
 fn message(role: &str, content: String, files: Vec<File>) -> ChatMessage {
     ChatMessage { files, ..ChatMessage::text(role, content) }
-}
-
-fn push_turns(messages: &mut Vec<ChatMessage>, history: &[PastTurn]) {
-    for turn in history {
-        messages.push(message("user", turn.query.clone(), Vec::new()));
-        messages.push(message("assistant", turn.answer.clone(), Vec::new()));
-    }
-}
-
-/// The conversation as text (`get_history_prompt_text`): `Human: …` and `Assistant: …` lines.
-fn transcript(history: &[PastTurn], user_prefix: &str, assistant_prefix: &str) -> String {
-    let mut lines = Vec::with_capacity(history.len() * 2);
-    for turn in history {
-        lines.push(format!("{user_prefix}: {}", turn.query));
-        lines.push(format!("{assistant_prefix}: {}", turn.answer));
-    }
-    lines.join("\n")
 }
 
 fn user_files(pool: &Pool) -> Vec<File> {

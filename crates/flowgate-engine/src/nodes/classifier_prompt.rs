@@ -3,7 +3,6 @@
 //! two worked examples, then the question. Models answer differently to different prompts, so
 //! these strings are Dify's exactly, typos included.
 
-use crate::inputs::PastTurn;
 use crate::ports::ChatMessage;
 
 const SYSTEM: &str = "\n### Job Description',\nYou are a text classification engine that analyzes text data and assigns categories based on user input or automatically determined categories.\n### Task\nYour task is to assign one categories ONLY to the input text and only one category may be assigned returned in the output.\nAdditionally, you need to extract the key words from the text that are related to the classification.\n### Format\nThe input text is in the variable input_text. Categories are specified as a category list with two filed category_id and category_name in the variable categories. Classification instructions may be included to improve the classification accuracy.\n### Constraint\nDO NOT include anything other than the JSON array in your response.\n### Memory\nHere are the chat histories between human and assistant, inside <histories></histories> XML tags.\n<histories>\n{histories}\n</histories>\n";
@@ -19,16 +18,6 @@ const ASSISTANT_2: &str = "\n```json\n    {\"keywords\": [\"bad service\", \"slo
 /// A completion-mode model's one prompt; `{histories}`, `{input_text}`, `{categories}` and
 /// `{classification_instructions}` are filled in.
 const COMPLETION: &str = "\n### Job Description\nYou are a text classification engine that analyzes text data and assigns categories based on user input or automatically determined categories.\n### Task\nYour task is to assign one categories ONLY to the input text and only one category may be assigned returned in the output.\nAdditionally, you need to extract the key words from the text that are related to the classification.\n### Format\nThe input text is in the variable input_text. Categories are specified as a category list  with two filed category_id and category_name in the variable categories. Classification instructions may be included to improve the classification accuracy.\n### Constraint\nDO NOT include anything other than the JSON array in your response.\n### Example\nHere is the chat example between human and assistant, inside <example></example> XML tags.\n<example>\nUser:{\"input_text\": [\"I recently had a great experience with your company. The service was prompt and the staff was very friendly.\"], \"categories\": [{\"category_id\":\"f5660049-284f-41a7-b301-fd24176a711c\",\"category_name\":\"Customer Service\"},{\"category_id\":\"8d007d06-f2c9-4be5-8ff6-cd4381c13c60\",\"category_name\":\"Satisfaction\"},{\"category_id\":\"5fbbbb18-9843-466d-9b8e-b9bfbb9482c8\",\"category_name\":\"Sales\"},{\"category_id\":\"23623c75-7184-4a2e-8226-466c2e4631e4\",\"category_name\":\"Product\"}], \"classification_instructions\": [\"classify the text based on the feedback provided by customer\"]}\nAssistant:{\"keywords\": [\"recently\", \"great experience\", \"company\", \"service\", \"prompt\", \"staff\", \"friendly\"],\"category_id\": \"f5660049-284f-41a7-b301-fd24176a711c\",\"category_name\": \"Customer Service\"}\nUser:{\"input_text\": [\"bad service, slow to bring the food\"], \"categories\": [{\"category_id\":\"80fb86a0-4454-4bf5-924c-f253fdd83c02\",\"category_name\":\"Food Quality\"},{\"category_id\":\"f6ff5bc3-aca0-4e4a-8627-e760d0aca78f\",\"category_name\":\"Experience\"},{\"category_id\":\"cc771f63-74e7-4c61-882e-3eda9d8ba5d7\",\"category_name\":\"Price\"}], \"classification_instructions\": []}\nAssistant:{\"keywords\": [\"bad service\", \"slow\", \"food\", \"tip\", \"terrible\", \"waitresses\"],\"category_id\": \"f6ff5bc3-aca0-4e4a-8627-e760d0aca78f\",\"category_name\": \"Experience\"}\n</example>\n### Memory\nHere are the chat histories between human and assistant, inside <histories></histories> XML tags.\n<histories>\n{histories}\n</histories>\n### User Input\n{\"input_text\" : [\"{input_text}\"], \"categories\" : {categories},\"classification_instruction\" : [\"{classification_instructions}\"]}\n### Assistant Output\n";
-
-/// The conversation as graphon's `convert_history_messages_to_text` writes it.
-pub fn histories(turns: &[PastTurn]) -> String {
-    let mut lines = Vec::with_capacity(turns.len() * 2);
-    for turn in turns {
-        lines.push(format!("Human: {}", turn.query));
-        lines.push(format!("Assistant: {}", turn.answer));
-    }
-    lines.join("\n")
-}
 
 fn message(role: &str, content: String) -> ChatMessage {
     ChatMessage::text(role, content)
@@ -80,7 +69,8 @@ mod tests {
             completion_messages(&text("query"), &crate::pyfmt::json_dumps(&categories, None), &text("instruction"), &text("histories"));
         assert_eq!(completion.len(), 1);
         assert_eq!(completion[0].content, fixture["completion_prompt"].as_str().unwrap());
-        let turns = [PastTurn { query: "hello".into(), answer: "hi there".into() }];
-        assert_eq!(histories(&turns), text("histories"));
+        let turns = [crate::inputs::PastTurn { query: "hello".into(), answer: "hi there".into() }];
+        let histories = super::super::memory::history_text(&super::super::memory::history_messages(&turns, 1, None), "Human", "Assistant");
+        assert_eq!(histories, text("histories"));
     }
 }

@@ -17,6 +17,7 @@ mod http;
 mod if_else;
 pub mod jinja;
 mod list_operator;
+mod memory;
 mod model;
 mod ported;
 mod start;

@@ -9,10 +9,10 @@ use flowgate_dsl::nodes::{ExtractedParameter, LlmData, ModelConfig, ParameterExt
 use super::app_prompt::{self, AppPromptRules};
 use super::jinja::JinjaTemplate;
 use super::{Capability, Exec, NodeCtx, NodeResult, bound_inputs, compile_bindings};
-use super::{classifier_prompt, extractor_prompt};
+use super::{classifier_prompt, extractor_prompt, memory};
 use crate::plan::SelectorResolver;
 use crate::pool::{Pool, Selector, Slot};
-use crate::ports::{ChatMessage, ModelCall, ModelReply, TextSink, Usage};
+use crate::ports::{ChatMessage, ModelCall, ModelPort, ModelReply, TextSink, Usage};
 use crate::template::{Render, TextTemplate};
 use crate::value::{Map, SegType, Value, key, map_of, map_with_capacity};
 
@@ -46,6 +46,14 @@ impl ModelSettings {
             mode: if config.mode.is_empty() { "chat".into() } else { config.mode.clone() },
             parameters: config.completion_params.clone(),
         }
+    }
+
+    /// Dify's `calculate_rest_token` before the prompt is counted: the context size less the
+    /// output cap (`max_tokens`); `None` when the context size is unknown.
+    fn token_budget(&self, port: &dyn ModelPort) -> Option<i64> {
+        let context = i64::try_from(port.context_size(&self.provider, &self.name)?).unwrap_or(i64::MAX);
+        let max_tokens = self.parameters.get("max_tokens").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        Some(context.saturating_sub(max_tokens))
     }
 
     fn call(&self, ctx: &NodeCtx<'_>, messages: Vec<ChatMessage>, json_schema: Option<serde_json::Value>) -> ModelCall {
@@ -130,10 +138,19 @@ fn histories_memory_turns(memory: Option<&serde_json::Value>) -> Option<usize> {
     Some(size.map_or(MEMORY_TURNS_UNWINDOWED, |size| (size as usize).min(MEMORY_TURNS_UNWINDOWED)))
 }
 
-/// The `<histories>` text of the classifier's and the extractor's prompts: the latest `turns`
-/// of the conversation, or nothing without memory.
-fn histories_text(ctx: &NodeCtx<'_>, turns: Option<usize>) -> String {
-    turns.map_or_else(String::new, |turns| classifier_prompt::histories(&ctx.run.history[ctx.run.history.len().saturating_sub(turns)..]))
+/// The classifier's and the extractor's prompt, `build` given its `<histories>` text: the
+/// latest `turns` of the conversation (nothing without memory), trimmed to the tokens the
+/// prompt leaves of `budget`, as graphon sizes them with the prompt built without history.
+fn with_histories(
+    ctx: &NodeCtx<'_>,
+    turns: Option<usize>,
+    budget: Option<i64>,
+    build: impl Fn(&str) -> Vec<ChatMessage>,
+) -> Vec<ChatMessage> {
+    let Some(turns) = turns else { return build("") };
+    let limit = budget.map(|budget| (budget - memory::estimate_tokens(&build(""))).max(0));
+    let history = memory::history_messages(&ctx.run.history, turns, limit);
+    build(&memory::history_text(&history, "Human", "Assistant"))
 }
 
 /// Dify's `query_prompt_template` of a node with memory; empty means the user's query itself.
@@ -222,7 +239,12 @@ impl LlmNode {
     /// a message of its own (same role) after the message's text, and with vision on the
     /// vision files go first into the last message when it is the user's (else in a user
     /// message of their own).
-    fn messages(&self, pool: &Pool, history: &[crate::inputs::PastTurn]) -> Result<Vec<ChatMessage>, (String, &'static str)> {
+    fn messages(
+        &self,
+        pool: &Pool,
+        history: &[crate::inputs::PastTurn],
+        budget: Option<i64>,
+    ) -> Result<Vec<ChatMessage>, (String, &'static str)> {
         let context = self.context.as_ref().and_then(|selector| pool.get(selector)).map(|value| context_text(&value));
         let jinja_inputs = bound_inputs(&self.jinja_bindings, pool);
         let mut messages = Vec::with_capacity(self.prompt.len());
@@ -248,11 +270,10 @@ impl LlmNode {
             }
         }
         if let Some(query) = &self.query {
-            for turn in &history[history.len().saturating_sub(self.memory_turns)..] {
-                messages.push(ChatMessage::text("user", turn.query.clone()));
-                messages.push(ChatMessage::text("assistant", turn.answer.clone()));
-                last_takes_files = false;
-            }
+            // graphon sizes the history before counting the prompt: the budget is all it gets.
+            let past = memory::history_messages(history, self.memory_turns, budget.map(|budget| budget.max(0)));
+            last_takes_files &= past.is_empty();
+            messages.extend(past);
             let text = query.render(pool, Render::Text);
             if !text.is_empty() {
                 let files = if self.template_files { prompt_files(query, pool) } else { Vec::new() };
@@ -285,10 +306,10 @@ impl LlmNode {
         let (messages, stop) = match &self.app_prompt {
             Some(rules) => {
                 let continues = matches!(ctx.pool.variable(Slot::Sys, "dialogue_count"), Some(Value::Int(count)) if *count > 1);
-                let built = rules.build(ctx.pool, &ctx.run.history, continues);
+                let built = rules.build(ctx.pool, &ctx.run.history, continues, self.model.token_budget(port.as_ref()));
                 (built.messages, built.stop)
             }
-            None => match self.messages(ctx.pool, &ctx.run.history) {
+            None => match self.messages(ctx.pool, &ctx.run.history, self.model.token_budget(port.as_ref())) {
                 Ok(messages) => (messages, None),
                 Err((error, error_type)) => return Exec::Done(NodeResult::failed(error, error_type)),
             },
@@ -496,12 +517,14 @@ impl QuestionClassifierNode {
             })
             .collect();
         let categories_json = crate::pyfmt::json_dumps(&Value::array(categories), None);
-        let histories = histories_text(ctx, self.memory_turns);
-        let messages = if self.model.mode == "completion" {
-            classifier_prompt::completion_messages(&query, &categories_json, &instruction, &histories)
-        } else {
-            classifier_prompt::messages(&query, &categories_json, &instruction, &histories)
-        };
+        let completion = self.model.mode == "completion";
+        let messages = with_histories(ctx, self.memory_turns, self.model.token_budget(port.as_ref()), |histories| {
+            if completion {
+                classifier_prompt::completion_messages(&query, &categories_json, &instruction, histories)
+            } else {
+                classifier_prompt::messages(&query, &categories_json, &instruction, histories)
+            }
+        });
         let call = self.model.call(ctx, messages, None);
         let inputs = map_of([("query", Value::from(query))]);
         Exec::Pending(Box::pin(async move {
@@ -697,18 +720,22 @@ impl ParameterExtractorNode {
             return Exec::Done(NodeResult::failed("Model mode completion not support.", "WorkflowNodeError").with_inputs(inputs));
         }
         let instruction = self.instruction.render(ctx.pool, Render::Text);
-        let histories = histories_text(ctx, self.memory_turns);
         let schema = self.schema();
         let schema_json = crate::pyfmt::json_dumps_ascii(&schema);
         let mut tools = Vec::new();
-        let messages = if self.function_call && calls_tools {
+        let function_call = self.function_call && calls_tools;
+        if function_call {
             tools.push(extractor_prompt::function_call_tool(schema.to_json()));
-            extractor_prompt::function_call(&query, &schema_json, &instruction, &histories)
-        } else if completion {
-            extractor_prompt::completion(&query, &schema_json, &instruction, &histories)
-        } else {
-            extractor_prompt::chat(&query, &schema_json, &instruction, &histories)
-        };
+        }
+        let messages = with_histories(ctx, self.memory_turns, self.model.token_budget(port.as_ref()), |histories| {
+            if function_call {
+                extractor_prompt::function_call(&query, &schema_json, &instruction, histories)
+            } else if completion {
+                extractor_prompt::completion(&query, &schema_json, &instruction, histories)
+            } else {
+                extractor_prompt::chat(&query, &schema_json, &instruction, histories)
+            }
+        });
         let messages =
             messages.into_iter().map(|message| ChatMessage { content: render_references(ctx, &message.content), ..message }).collect();
         let mut call = self.model.call(ctx, messages, None);

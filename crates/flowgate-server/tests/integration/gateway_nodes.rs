@@ -437,3 +437,66 @@ async fn llm_prompts_with_files_are_graphons() {
         assert_eq!(first_image, "data:image/png;base64,cGhvdG8tcG5nLWJ5dGVz", "{id}");
     }
 }
+
+const MEMORY_CHATFLOW: &str = "\
+app: {name: memory trim, mode: advanced-chat}
+kind: app
+version: 0.3.0
+workflow:
+  graph:
+    edges:
+    - {id: a, source: start, sourceHandle: source, target: llm, targetHandle: target}
+    - {id: b, source: llm, sourceHandle: source, target: answer, targetHandle: target}
+    nodes:
+    - {id: start, data: {type: start, title: Start, variables: []}}
+    - id: llm
+      data:
+        type: llm
+        title: LLM
+        model: {provider: openai, name: gpt-4o, mode: chat, completion_params: {max_tokens: 100}}
+        prompt_template: [{role: system, text: Be brief.}]
+        memory: {window: {enabled: false, size: 10}}
+        context: {enabled: false, variable_selector: []}
+        vision: {enabled: false}
+    - {id: answer, data: {type: answer, title: Answer, answer: '{{#llm.text#}}'}}
+";
+
+/// With the models file's `context_size`, an llm node's memory is trimmed as Dify's
+/// `TokenBufferMemory` trims it: the history may take the context less `max_tokens`, and the
+/// oldest messages go one at a time (so the history can start with an answer) until it fits.
+/// Each question below is 40 ASCII characters (3 + 10 estimated tokens), each answer 2 (3 + 1),
+/// plus 3 for the whole: 71 tokens for the four turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_trimmed_to_the_models_context_size() {
+    let history: Vec<PastTurn> = (1..=4).map(|n| PastTurn { query: format!("q{n}{}", "x".repeat(38)), answer: format!("a{n}") }).collect();
+    let plan = Arc::new(Plan::compile(&Document::load(MEMORY_CHATFLOW).unwrap()).unwrap());
+    // (context size, the history messages sent): no size, no trimming; 154 leaves 54 tokens
+    // (q1 and a1 go); 150 leaves 50 (q2 goes too).
+    let cases: [(Option<u64>, &[&str]); 3] = [
+        (None, &["q1", "a1", "q2", "a2", "q3", "a3", "q4", "a4"]),
+        (Some(154), &["q2", "a2", "q3", "a3", "q4", "a4"]),
+        (Some(150), &["a2", "q3", "a3", "q4", "a4"]),
+    ];
+    for (context_size, kept) in cases {
+        let mock = MockUpstream::start().unwrap();
+        mock.script("upstream-model", vec![Behaviour::reply("ok")]);
+        let settings = context_size.map(|size| format!("    context_size: {size}\n")).unwrap_or_default();
+        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway_to(&mock, &settings), None))), ..Ports::default() };
+        let request = RunRequest {
+            query: Some("now".into()),
+            user_id: "u".into(),
+            conversation_id: Some("c".into()),
+            dialogue_count: Some(5),
+            history: history.clone().into(),
+            ..RunRequest::default()
+        };
+        let summary = Engine::new(ports).run(&plan, request, &mut Vec::new(), None).await.unwrap();
+        assert_eq!(summary.answer, "ok", "{context_size:?}: {:?}", summary.error);
+        let messages = mock.received()[0].body["messages"].as_array().unwrap().clone();
+        let sent: Vec<String> =
+            messages[1..messages.len() - 1].iter().map(|message| message["content"].as_str().unwrap()[..2].to_owned()).collect();
+        assert_eq!(sent, kept, "{context_size:?}");
+        assert_eq!(messages[0]["content"], "Be brief.");
+        assert_eq!(messages.last().unwrap()["content"], "now", "the user's turn is never trimmed");
+    }
+}
