@@ -102,6 +102,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "packed node log", include_str!("../migrations/postgres/0002_packed_node_log.sql")),
     (3, "config epoch", include_str!("../migrations/postgres/0003_config_epoch.sql")),
+    (4, "config notify", include_str!("../migrations/postgres/0004_config_notify.sql")),
 ];
 
 /// Migrations compiled into the binary: (version, description, SQL).

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod recorder;
 mod retention;
 mod runs;
+mod watch;
 
 pub use apps::{ApiKey, App, AppVersion, LogDetail, NewApp, iso8601, token_hash};
 pub use chat::{Conversation, ConversationOrder, ConversationVariable, Feedback, Message, NewMessage, UploadFile};
@@ -25,6 +26,7 @@ pub use db::{Backend, Store, StoreConfig};
 pub use error::StoreError;
 pub use retention::PurgeReport;
 pub use runs::{LogQuery, NodeExecution, RunPage, WorkflowRun};
+pub use watch::ConfigWatch;
 
 /// Unix seconds now.
 pub fn now() -> i64 {

@@ -435,10 +435,12 @@ struct Gatherer {
 fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Batch>) {
     let mut gatherer = Gatherer::default();
     let mut next_tick = std::time::Instant::now();
+    // The operation that ended a quiet spell, taken into the next window.
+    let mut woke_by: Option<Op> = None;
     loop {
-        // This thread looks for work once per window instead of waiting on the channel, so
-        // handing it an operation is a queue push for the request, never a wake-up (a system
-        // call and a context switch, which cost more than the operation).
+        // While busy, this thread looks for work once per window instead of waiting on the
+        // channel, so handing it an operation is a queue push for the request, never a wake-up
+        // (a system call and a context switch, which cost more than the operation).
         next_tick += BATCH_WINDOW;
         let now = std::time::Instant::now();
         match next_tick.checked_duration_since(now) {
@@ -446,8 +448,12 @@ fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Bat
             None => next_tick = now,
         }
         let mut disconnected = false;
+        let mut took_any = false;
         loop {
             let mut batch = Batch::default();
+            if let Some(op) = woke_by.take() {
+                gatherer.take(op, &mut batch);
+            }
             while batch.ops < BATCH_SIZE {
                 match rx.try_recv() {
                     Ok(op) => gatherer.take(op, &mut batch),
@@ -461,6 +467,7 @@ fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Bat
             if batch.ops == 0 {
                 break;
             }
+            took_any = true;
             let full = batch.ops >= BATCH_SIZE;
             gatherer.write_running_rows(&mut batch);
             batch.seal_segments();
@@ -473,6 +480,15 @@ fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Bat
         }
         if disconnected {
             return;
+        }
+        if !took_any {
+            // A whole window without work: wait on the channel rather than waking 50 times a
+            // second while idle; only the first operation after the quiet spell pays a wake-up.
+            match rx.recv() {
+                Ok(op) => woke_by = Some(op),
+                Err(_) => return,
+            }
+            next_tick = std::time::Instant::now();
         }
     }
 }

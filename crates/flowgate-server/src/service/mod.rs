@@ -122,14 +122,10 @@ const RECORDER_BACKLOG_SOFT: usize = 65_536;
 const RUN_LOG_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a key → app or app row is used without looking again; for as long again it is
-/// used while one request refreshes it. Changes are normally seen sooner, through
-/// [`CONFIG_POLL`]; this bounds how stale a cache can get if the database stops answering
-/// that poll.
+/// used while one request refreshes it. Changes are normally seen sooner, through the
+/// store's config watch; this bounds how stale a cache can get if the database stops
+/// answering it.
 const HOT_CACHE: Duration = Duration::from_millis(500);
-
-/// How often each server asks whether an app or key changed (one indexed read of one row:
-/// about a hundred a second per server, next to thousands of requests).
-const CONFIG_POLL: Duration = Duration::from_millis(10);
 
 type Shared = Arc<ServerState>;
 
@@ -176,19 +172,11 @@ impl ServerState {
     /// server's management API): when the database's change counter moves, every cached key
     /// and app row is dropped, so a revoked key or a new version or policy applies at once.
     pub async fn follow_config_changes(&self) {
-        let mut seen = None;
+        let mut watch = self.store.watch_config().await;
         loop {
-            match self.store.config_epoch().await {
-                Ok(epoch) => {
-                    if seen.is_some_and(|seen| seen != epoch) {
-                        self.keys.clear();
-                        self.apps.clear();
-                    }
-                    seen = Some(epoch);
-                }
-                Err(error) => tracing::debug!(%error, "reading the config epoch failed"),
-            }
-            tokio::time::sleep(CONFIG_POLL).await;
+            watch.changed().await;
+            self.keys.clear();
+            self.apps.clear();
         }
     }
 
@@ -427,6 +415,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/meta", get(app_info::meta))
         .route("/v1/sandbox/run", post(sandbox_api::run))
         .route("/v1/sandbox/dependencies", get(sandbox_api::dependencies))
+        .route("/v1/sandbox/dependencies/update", post(sandbox_api::update_dependencies))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/v1/embeddings", post(openai_api::embeddings))
         .route("/v1/models", get(openai_api::models))

@@ -1,6 +1,6 @@
 //! dify-sandbox's API, served from flowgate's sandbox so an existing Dify can point
-//! `CODE_EXECUTION_ENDPOINT` here: `POST /v1/sandbox/run` and `GET /v1/sandbox/dependencies`,
-//! authenticated by `X-Api-Key` (`FLOWGATE_SANDBOX_API_KEY`), with dify-sandbox's response shapes.
+//! `CODE_EXECUTION_ENDPOINT` here: `POST /v1/sandbox/run` and `GET /v1/sandbox/dependencies`
+//! (and a clear refusal for `POST /v1/sandbox/dependencies/update`), authenticated by `X-Api-Key` (`FLOWGATE_SANDBOX_API_KEY`), with dify-sandbox's response shapes.
 
 use axum::Json;
 use axum::extract::State;
@@ -93,4 +93,17 @@ pub async fn dependencies(State(state): State<Shared>, headers: HeaderMap) -> Re
         return refusal.into_response();
     }
     (StatusCode::OK, Json(json!({"code": 0, "message": "success", "data": {"dependencies": []}}))).into_response()
+}
+
+/// `POST /v1/sandbox/dependencies/update`: dify-sandbox installs the packages of its
+/// `python-requirements.txt` here; flowgate's code imports what its interpreter has installed.
+pub async fn update_dependencies(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = authorised(&state, &headers) {
+        return refusal.into_response();
+    }
+    failure(
+        StatusCode::NOT_IMPLEMENTED,
+        -501,
+        "not supported yet: installing Python packages at run time; code imports the packages installed for the interpreter flowgate runs",
+    )
 }

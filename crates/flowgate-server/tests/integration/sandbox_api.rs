@@ -57,6 +57,17 @@ fn flowgate_serves_the_dify_sandbox_api_and_uses_one_as_its_backend() {
     let (status, body) = run(&server.address, KEY, &json!({"language": "ruby", "code": "puts 1"}));
     assert_eq!(status, 400);
     assert_eq!(serde_json::from_str::<Json>(&body).unwrap()["code"], -400);
+    let (status, _, body) = crate::harness::request_with_headers(
+        &server.address,
+        "POST",
+        "/v1/sandbox/dependencies/update",
+        &[("X-Api-Key", KEY)],
+        r#"{"language": "python3"}"#,
+    );
+    assert_eq!(status, 501, "{body}");
+    let refused: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(refused["code"], -501);
+    assert!(refused["message"].as_str().unwrap().starts_with("not supported yet: installing Python packages"), "{refused}");
 
     // A second flowgate runs its code nodes on the first one, through Dify's protocol.
     let client = Deployment::sqlite("sandbox-client");
