@@ -471,9 +471,10 @@ impl Gateway {
         &self.config
     }
 
-    /// Records what a call used in the metrics and returns it as Dify reports it, priced with
-    /// the serving target's `pricing` (zero without one).
-    pub fn account(&self, model: &str, target: &str, used: &TokenUsage) -> Usage {
+    /// Records what a call used in the metrics (per gateway `key` too, when it came through
+    /// one) and returns it as Dify reports it, priced with the serving target's `pricing` (zero
+    /// without one).
+    pub fn account(&self, model: &str, target: &str, used: &TokenUsage, key: Option<&str>) -> Usage {
         let pricing = self
             .models
             .get(model)
@@ -481,7 +482,7 @@ impl Gateway {
             .and_then(|found| found.config.pricing.as_ref());
         let usage = priced(pricing, used);
         let cost = pricing.map(|pricing| (usage.total_price, pricing.currency.as_str()));
-        self.metrics.usage(model, target, used.prompt_tokens, used.completion_tokens, cost);
+        self.metrics.usage(model, target, used.prompt_tokens, used.completion_tokens, cost, key);
         usage
     }
 

@@ -30,6 +30,10 @@ pub struct GatewayMetrics {
     limited: Counters<String>,
     /// Gateway key name.
     keys: Counters<String>,
+    /// (gateway key name, prompt | completion).
+    key_tokens: Counters<(String, &'static str)>,
+    /// (gateway key name, currency): spend in ten-millionths.
+    key_cost: Counters<(String, String)>,
 }
 
 impl GatewayMetrics {
@@ -59,13 +63,21 @@ impl GatewayMetrics {
         self.keys.add(&name.to_owned(), 1);
     }
 
-    /// Tokens a call used, as the upstream reported them, and what they cost.
-    pub(crate) fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64, cost: Option<(Decimal, &str)>) {
+    /// Tokens a call used, as the upstream reported them, and what they cost; per gateway key
+    /// too when the call came through one (for chargeback).
+    pub(crate) fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64, cost: Option<(Decimal, &str)>, key: Option<&str>) {
         self.tokens.add(&(model.to_owned(), target.to_owned(), "prompt"), prompt);
         self.tokens.add(&(model.to_owned(), target.to_owned(), "completion"), completion);
+        if let Some(key) = key {
+            self.key_tokens.add(&(key.to_owned(), "prompt"), prompt);
+            self.key_tokens.add(&(key.to_owned(), "completion"), completion);
+        }
         if let Some((amount, currency)) = cost {
             let units = u64::try_from(amount.in_units_of(COST_EXPONENT)).unwrap_or(0);
             self.cost.add(&(model.to_owned(), target.to_owned(), currency.to_owned()), units);
+            if let Some(key) = key {
+                self.key_cost.add(&(key.to_owned(), currency.to_owned()), units);
+            }
         }
     }
 
@@ -134,6 +146,20 @@ impl GatewayMetrics {
         header(out, "flowgate_gateway_key_requests_total", "counter", "Calls through the OpenAI-compatible endpoint by gateway key.");
         for (key, count) in self.keys.sorted() {
             let _ = writeln!(out, "flowgate_gateway_key_requests_total{{key=\"{}\"}} {count}", label(&key));
+        }
+        header(out, "flowgate_gateway_key_tokens_total", "counter", "Tokens by gateway key and direction, as upstreams reported them.");
+        for ((key, direction), count) in self.key_tokens.sorted() {
+            let _ = writeln!(out, "flowgate_gateway_key_tokens_total{{key=\"{}\",direction=\"{direction}\"}} {count}", label(&key));
+        }
+        header(out, "flowgate_gateway_key_cost_total", "counter", "Spend by gateway key and currency, from the models file's pricing.");
+        for ((key, currency), units) in self.key_cost.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_key_cost_total{{key=\"{}\",currency=\"{}\"}} {}",
+                label(&key),
+                label(&currency),
+                units as f64 / 1e7
+            );
         }
     }
 }

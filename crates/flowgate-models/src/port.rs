@@ -217,7 +217,7 @@ impl ModelPort for GatewayPort {
                     }
                     StreamEvent::Usage(usage) => {
                         used = Some(usage.total_tokens);
-                        reply.usage = gateway.account(&model, &target, &usage);
+                        reply.usage = gateway.account(&model, &target, &usage, None);
                     }
                     StreamEvent::ToolCall { index, id, name, arguments } => whole.add_tool_call_piece(index, id, name, &arguments),
                 }

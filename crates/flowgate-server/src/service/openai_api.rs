@@ -201,6 +201,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         return response;
     }
     let user = parsed.request.parameters.get("user").and_then(Value::as_str).map(str::to_owned);
+    let key_name = key.clone();
     let caller = Caller { key: Some(key), app: None, user };
     let reservation = match gateway.admit(&parsed.model, &parsed.request, &caller).await {
         Ok(reservation) => reservation,
@@ -210,7 +211,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
         return match gateway.chat(&parsed.model, &parsed.request).await {
             Ok(served) => {
                 if let Some(usage) = &served.value.usage {
-                    gateway.account(&served.model, &served.target, usage);
+                    gateway.account(&served.model, &served.target, usage, Some(&key_name));
                 }
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
                 gateway.remember(&parsed.model, &parsed.request, &served.value).await;
@@ -231,6 +232,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     };
     let forward = Forward {
         stream: Some(served.value),
+        key: key_name,
         writer: ChunkWriter { id, created: now_seconds(), model: parsed.model.clone() },
         include_usage: parsed.include_usage,
         gateway,
@@ -365,6 +367,8 @@ impl ChunkWriter {
 /// is settled and a complete answer is cached.
 struct Forward {
     stream: Option<flowgate_models::ChatStream>,
+    /// The gateway key's name, for its usage metrics.
+    key: String,
     writer: ChunkWriter,
     include_usage: bool,
     gateway: Arc<Gateway>,
@@ -384,7 +388,7 @@ impl Forward {
         match event {
             StreamEvent::Usage(usage) => {
                 self.used = Some(usage.total_tokens);
-                self.gateway.account(&self.served_model, &self.target, usage);
+                self.gateway.account(&self.served_model, &self.target, usage, Some(&self.key));
             }
             StreamEvent::Text(text) => self.whole.content.push_str(text),
             StreamEvent::Reasoning(text) => self.whole.reasoning.push_str(text),

@@ -24,7 +24,7 @@ fn the_openai_sdk_works_against_the_gateway() {
         )
     };
     let models = format!(
-        "models:\n  - name: main\n    targets:\n{}  - name: flaky\n    targets:\n{}{}  - name: limited\n    targets:\n{}gateway_keys:\n  - {{name: tests, key: '${{TEST_GATEWAY_KEY}}'}}\n",
+        "models:\n  - name: main\n    pricing: {{input: 0, output: '1', unit: 0.000001}}\n    targets:\n{}  - name: flaky\n    targets:\n{}{}  - name: limited\n    targets:\n{}gateway_keys:\n  - {{name: tests, key: '${{TEST_GATEWAY_KEY}}'}}\n",
         target(&primary, "main-up"),
         target(&primary, "flaky-up"),
         target(&backup, "flaky-up"),
@@ -77,6 +77,16 @@ fn the_openai_sdk_works_against_the_gateway() {
     has(&format!("flowgate_gateway_tokens_total{{model=\"main\",target=\"{}\",direction=\"completion\"}} 12", target(&primary, "main-up")));
     assert!(metrics.contains("flowgate_gateway_first_token_seconds_count{model=\"main\""), "{metrics}");
     assert!(metrics.contains("flowgate_gateway_key_requests_total{key=\"tests\"}"), "{metrics}");
+    // Spend from `main`'s pricing (a dollar per million completion tokens: 12 tokens), per
+    // model and target and per gateway key; the key's tokens count every model it called.
+    has(&format!("flowgate_gateway_cost_total{{model=\"main\",target=\"{}\",currency=\"USD\"}} 0.000012", target(&primary, "main-up")));
+    has("flowgate_gateway_key_cost_total{key=\"tests\",currency=\"USD\"} 0.000012");
+    let key_completion = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("flowgate_gateway_key_tokens_total{key=\"tests\",direction=\"completion\"} "))
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no key tokens in:\n{metrics}"));
+    assert!(key_completion > 12, "main's 12 and the other models' completion tokens: {key_completion}");
 }
 
 #[test]
