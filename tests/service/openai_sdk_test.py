@@ -48,6 +48,22 @@ def main():
         answer = client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content == "Served by the backup.", answer
 
+    # The legacy completions API: the prompt goes to the upstream's /completions as text and
+    # the answer comes back as choices[0].text, streamed or not.
+    completion = client.completions.create(model="main", prompt="Once upon a time", max_tokens=20)
+    assert completion.object == "text_completion", completion
+    assert completion.choices[0].text == "The mock says hello.", completion
+    # "Once upon a time" is 16 characters: the mock counts 4 prompt tokens.
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4, 4), completion.usage
+    chunks = list(client.completions.create(model="main", prompt=["Once upon a time"], stream=True, stream_options={"include_usage": True}))
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == "The mock says hello.", chunks
+    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.total_tokens == 8, chunks[-2:]
+    try:
+        client.completions.create(model="main", prompt=["one", "two"])
+        raise AssertionError("several prompts at once are refused, not half answered")
+    except openai.BadRequestError as error:
+        assert "not supported yet" in str(error), error
+
     embeddings = client.embeddings.create(model="main", input=["first", "second"])
     assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 8, embeddings
     assert embeddings.model == "main"

@@ -50,7 +50,7 @@ impl Store {
         };
         let mut watch = ConfigWatch { store: self.clone(), seen: None, signal };
         watch.listen().await;
-        watch.seen = watch.store.config_epoch().await.ok();
+        watch.seen = watch.read_epoch().await.ok();
         watch
     }
 }
@@ -65,7 +65,7 @@ impl ConfigWatch {
                 continue;
             }
             last_read = tokio::time::Instant::now();
-            match self.store.config_epoch().await {
+            match self.read_epoch().await {
                 Ok(epoch) if self.seen.is_some_and(|seen| seen != epoch) => {
                     self.seen = Some(epoch);
                     return;
@@ -73,6 +73,18 @@ impl ConfigWatch {
                 Ok(epoch) => self.seen = Some(epoch),
                 Err(error) => tracing::debug!(%error, "reading the config epoch failed"),
             }
+        }
+    }
+
+    /// The counter, read on the listener's own connection when there is one, so the watch
+    /// never takes a connection a request is waiting for.
+    async fn read_epoch(&mut self) -> Result<i64, String> {
+        match &mut self.signal {
+            Signal::Listen(Some(listener)) => sqlx::query_scalar::<_, i64>("SELECT epoch FROM config_epoch WHERE id = 1")
+                .fetch_one(&mut *listener)
+                .await
+                .map_err(|error| error.to_string()),
+            _ => self.store.config_epoch().await.map_err(|error| error.to_string()),
         }
     }
 

@@ -417,6 +417,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/sandbox/dependencies", get(sandbox_api::dependencies))
         .route("/v1/sandbox/dependencies/update", post(sandbox_api::update_dependencies))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/v1/completions", post(openai_api::completions))
         .route("/v1/embeddings", post(openai_api::embeddings))
         .route("/v1/models", get(openai_api::models))
         .route("/metrics", get(metrics))

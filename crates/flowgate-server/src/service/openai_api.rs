@@ -111,6 +111,14 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(Arc<Gateway>, Strin
     }
 }
 
+/// Which OpenAI API a request came in on: chat completions, or the legacy text completions
+/// (`prompt` in, `choices[].text` out) that base-model clients use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+}
+
 /// What the client asked for, split into the model, the request and the streaming options.
 struct Parsed {
     model: String,
@@ -119,7 +127,7 @@ struct Parsed {
     include_usage: bool,
 }
 
-fn parse(body: &[u8]) -> Result<Parsed, OpenAiError> {
+fn parse(body: &[u8], api: Api) -> Result<Parsed, OpenAiError> {
     let bad = |message: String| error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", message);
     let value: Value = serde_json::from_slice(body).map_err(|problem| bad(format!("The request body is not valid JSON: {problem}")))?;
     let Value::Object(mut object) = value else { return Err(bad("The request body must be a JSON object".into())) };
@@ -127,9 +135,22 @@ fn parse(body: &[u8]) -> Result<Parsed, OpenAiError> {
         Some(Value::String(model)) if !model.is_empty() => model,
         _ => return Err(bad("you must provide a model parameter".into())),
     };
-    let messages: Vec<Message> = match object.remove("messages") {
-        Some(messages @ Value::Array(_)) => serde_json::from_value(messages).map_err(|problem| bad(format!("messages: {problem}")))?,
-        _ => return Err(bad("messages: a non-empty array is required".into())),
+    let messages: Vec<Message> = match api {
+        Api::Chat => match object.remove("messages") {
+            Some(messages @ Value::Array(_)) => serde_json::from_value(messages).map_err(|problem| bad(format!("messages: {problem}")))?,
+            _ => return Err(bad("messages: a non-empty array is required".into())),
+        },
+        // One prompt per request: a string, or an array holding one string.
+        Api::Completions => match object.remove("prompt") {
+            Some(Value::String(prompt)) => vec![Message::text("user", &prompt)],
+            Some(Value::Array(prompts)) if prompts.len() == 1 && prompts[0].is_string() => {
+                vec![Message::text("user", prompts[0].as_str().unwrap_or_default())]
+            }
+            Some(Value::Array(prompts)) if prompts.len() > 1 => {
+                return Err(bad("not supported yet: several prompts in one completions request; send one request per prompt".into()));
+            }
+            _ => return Err(bad("prompt: a string is required (token arrays are not supported)".into())),
+        },
     };
     if messages.is_empty() {
         return Err(bad("messages: a non-empty array is required".into()));
@@ -141,7 +162,9 @@ fn parse(body: &[u8]) -> Result<Parsed, OpenAiError> {
     };
     let include_usage = object.remove("stream_options").is_some_and(|options| options["include_usage"] == json!(true));
     let parameters: Map<String, Value> = object;
-    Ok(Parsed { model: model.clone(), request: ChatRequest::chat(model, messages, parameters), stream, include_usage })
+    let mut request = ChatRequest::chat(model.clone(), messages, parameters);
+    request.completion = api == Api::Completions;
+    Ok(Parsed { model, request, stream, include_usage })
 }
 
 fn now_seconds() -> u64 {
@@ -173,17 +196,43 @@ fn completion_json(id: &str, model: &str, answer: &ChatResponse) -> Value {
     })
 }
 
+/// The legacy completions API's answer: the text as `choices[0].text`.
+fn text_completion_json(id: &str, model: &str, answer: &ChatResponse) -> Value {
+    json!({
+        "id": id,
+        "object": "text_completion",
+        "created": now_seconds(),
+        "model": model,
+        "choices": [{"index": 0, "text": answer.content, "logprobs": null, "finish_reason": answer.finish_reason.as_deref().unwrap_or("stop")}],
+        "usage": answer.usage.as_ref().map_or(Value::Null, usage_json),
+    })
+}
+
 pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(state, headers, body, Api::Chat).await
+}
+
+/// `POST /v1/completions`: a prompt for the model, asked on the upstream's completions API
+/// where it has one (OpenAI-compatible servers), else as one user message.
+pub async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(state, headers, body, Api::Completions).await
+}
+
+async fn answer(state: Shared, headers: HeaderMap, body: Bytes, api: Api) -> Response {
     let (gateway, key) = match authorize(&state, &headers) {
         Ok(authorized) => authorized,
         Err(failure) => return failure.into_response(),
     };
     gateway.metrics().key_used(&key);
-    let parsed = match parse(&body) {
+    let parsed = match parse(&body, api) {
         Ok(parsed) => parsed,
         Err(failure) => return failure.into_response(),
     };
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let legacy = api == Api::Completions;
+    let id = format!("{}-{}", if legacy { "cmpl" } else { "chatcmpl" }, uuid::Uuid::new_v4().simple());
+    let whole_json = |id: &str, model: &str, answer: &ChatResponse| {
+        if legacy { text_completion_json(id, model, answer) } else { completion_json(id, model, answer) }
+    };
     let bypass = headers
         .get("x-flowgate-cache")
         .or_else(|| headers.get(header::CACHE_CONTROL))
@@ -192,10 +241,10 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     // A cache hit costs nothing upstream, so it is not counted against limits.
     if !bypass && let Some(answer) = gateway.cached(&parsed.model, &parsed.request).await {
         let mut response = if parsed.stream {
-            let writer = ChunkWriter { id, created: now_seconds(), model: parsed.model.clone() };
+            let writer = ChunkWriter { id, created: now_seconds(), model: parsed.model.clone(), legacy };
             sse_response(axum::body::Body::from(replay(&writer, &answer, parsed.include_usage)))
         } else {
-            axum::Json(completion_json(&id, &parsed.model, &answer)).into_response()
+            axum::Json(whole_json(&id, &parsed.model, &answer)).into_response()
         };
         response.headers_mut().insert("x-flowgate-cache", HeaderValue::from_static("hit"));
         return response;
@@ -215,7 +264,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
                 }
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
                 gateway.remember(&parsed.model, &parsed.request, &served.value).await;
-                axum::Json(completion_json(&id, &parsed.model, &served.value)).into_response()
+                axum::Json(whole_json(&id, &parsed.model, &served.value)).into_response()
             }
             Err(failure) => {
                 reservation.settle(Some(0)).await;
@@ -233,7 +282,7 @@ pub async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, b
     let forward = Forward {
         stream: Some(served.value),
         key: key_name,
-        writer: ChunkWriter { id, created: now_seconds(), model: parsed.model.clone() },
+        writer: ChunkWriter { id, created: now_seconds(), model: parsed.model.clone(), legacy },
         include_usage: parsed.include_usage,
         gateway,
         served_model: served.model,
@@ -258,6 +307,8 @@ struct ChunkWriter {
     id: String,
     created: u64,
     model: String,
+    /// Legacy completions: `text_completion` chunks with `choices[].text`.
+    legacy: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -269,6 +320,24 @@ struct OutChunk<'a> {
     choices: &'a [OutChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<&'a TokenUsage>,
+}
+
+/// A legacy completions chunk's choice.
+#[derive(serde::Serialize)]
+struct OutTextChoice<'a> {
+    index: u32,
+    text: &'a str,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct OutTextChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [OutTextChoice<'a>],
 }
 
 #[derive(serde::Serialize)]
@@ -317,6 +386,18 @@ impl ChunkWriter {
     }
 
     fn delta(&self, out: &mut BytesMut, delta: OutDelta<'_>, finish_reason: Option<&str>) {
+        if self.legacy {
+            // Text and the finish reason only: the legacy API has no roles, thoughts or tools.
+            if delta.content.is_some_and(|text| !text.is_empty()) || finish_reason.is_some() {
+                let choices = [OutTextChoice { index: 0, text: delta.content.unwrap_or_default(), logprobs: None, finish_reason }];
+                let chunk =
+                    OutTextChunk { id: &self.id, object: "text_completion", created: self.created, model: &self.model, choices: &choices };
+                out.extend_from_slice(b"data: ");
+                let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), &chunk);
+                out.extend_from_slice(b"\n\n");
+            }
+            return;
+        }
         let choices = [OutChoice { index: 0, delta, logprobs: None, finish_reason }];
         let chunk = OutChunk {
             id: &self.id,
@@ -332,7 +413,7 @@ impl ChunkWriter {
     fn usage(&self, out: &mut BytesMut, usage: &TokenUsage) {
         let chunk = OutChunk {
             id: &self.id,
-            object: "chat.completion.chunk",
+            object: if self.legacy { "text_completion" } else { "chat.completion.chunk" },
             created: self.created,
             model: &self.model,
             choices: &[],

@@ -72,21 +72,26 @@ fn the_openai_sdk_works_against_the_gateway() {
     ));
     has("flowgate_gateway_requests_total{model=\"flaky\",outcome=\"ok\"} 3");
     has("flowgate_gateway_requests_total{model=\"limited\",outcome=\"error\"} 1");
-    // Three chat calls to `main` of 4 completion tokens each (usage is asked of the upstream
-    // even when the client did not ask for it).
-    has(&format!("flowgate_gateway_tokens_total{{model=\"main\",target=\"{}\",direction=\"completion\"}} 12", target(&primary, "main-up")));
+    // Three chat and two text completions of `main`, 4 completion tokens each (usage is asked
+    // of the upstream even when the client did not ask for it).
+    has(&format!("flowgate_gateway_tokens_total{{model=\"main\",target=\"{}\",direction=\"completion\"}} 20", target(&primary, "main-up")));
+    assert_eq!(
+        sent.iter().filter(|request| request.path == "/v1/completions").count(),
+        2,
+        "text completions use the upstream's completions API"
+    );
     assert!(metrics.contains("flowgate_gateway_first_token_seconds_count{model=\"main\""), "{metrics}");
     assert!(metrics.contains("flowgate_gateway_key_requests_total{key=\"tests\"}"), "{metrics}");
-    // Spend from `main`'s pricing (a dollar per million completion tokens: 12 tokens), per
+    // Spend from `main`'s pricing (a dollar per million completion tokens: 20 tokens), per
     // model and target and per gateway key; the key's tokens count every model it called.
-    has(&format!("flowgate_gateway_cost_total{{model=\"main\",target=\"{}\",currency=\"USD\"}} 0.000012", target(&primary, "main-up")));
-    has("flowgate_gateway_key_cost_total{key=\"tests\",currency=\"USD\"} 0.000012");
+    has(&format!("flowgate_gateway_cost_total{{model=\"main\",target=\"{}\",currency=\"USD\"}} 0.00002", target(&primary, "main-up")));
+    has("flowgate_gateway_key_cost_total{key=\"tests\",currency=\"USD\"} 0.00002");
     let key_completion = metrics
         .lines()
         .find_map(|line| line.strip_prefix("flowgate_gateway_key_tokens_total{key=\"tests\",direction=\"completion\"} "))
         .and_then(|count| count.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no key tokens in:\n{metrics}"));
-    assert!(key_completion > 12, "main's 12 and the other models' completion tokens: {key_completion}");
+    assert!(key_completion > 20, "main's 20 and the other models' completion tokens: {key_completion}");
 }
 
 #[test]
