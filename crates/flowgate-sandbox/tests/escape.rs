@@ -96,6 +96,10 @@ async fn secrets_and_the_servers_files_cannot_be_read() {
     // The environment the code sees is the sandbox's own, not the server's.
     let environment = output(&sandbox, "import os\ndef main():\n    return {'result': sorted(os.environ)}").await;
     assert_eq!(environment, Value::array(["HOME", "LANG", "PATH", "TMPDIR"].into_iter().map(Value::str).collect()));
+    // No descriptor of the zygote's (its pipes, the landlock rules' paths) is left to reach
+    // anything through: besides stdio, only the child's result pipe.
+    let code = "import os, stat\ndef main():\n    found = []\n    for fd in range(3, 1024):\n        try:\n            found.append(stat.S_IFMT(os.fstat(fd).st_mode) == stat.S_IFIFO)\n        except OSError:\n            pass\n    return {'result': found}";
+    assert_eq!(output(&sandbox, code).await, Value::array(vec![Value::Bool(true)]), "open descriptors other than the result pipe");
 }
 
 #[tokio::test]
