@@ -19,7 +19,7 @@ use crate::config::{GatewayConfig, ModelConfig, Pricing, Provider, Routing, Targ
 use crate::error::{ErrorClass, ProviderError};
 use crate::gemini::GeminiTarget;
 use crate::limits::{Caller, Limiter, Refusal, Reservation};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, Payer};
 use crate::openai::{OpenAiTarget, Timeouts};
 use crate::stream::ChatStream;
 use crate::types::{ChatRequest, ChatResponse, TokenUsage};
@@ -471,10 +471,9 @@ impl Gateway {
         &self.config
     }
 
-    /// Records what a call used in the metrics (per gateway `key` too, when it came through
-    /// one) and returns it as Dify reports it, priced with the serving target's `pricing` (zero
-    /// without one).
-    pub fn account(&self, model: &str, target: &str, used: &TokenUsage, key: Option<&str>) -> Usage {
+    /// Records what a call used in the metrics (per gateway key or app too) and returns it as
+    /// Dify reports it, priced with the serving target's `pricing` (zero without one).
+    pub fn account(&self, model: &str, target: &str, used: &TokenUsage, payer: Payer<'_>) -> Usage {
         let pricing = self
             .models
             .get(model)
@@ -482,7 +481,7 @@ impl Gateway {
             .and_then(|found| found.config.pricing.as_ref());
         let usage = priced(pricing, used);
         let cost = pricing.map(|pricing| (usage.total_price, pricing.currency.as_str()));
-        self.metrics.usage(model, target, used.prompt_tokens, used.completion_tokens, cost, key);
+        self.metrics.usage(model, target, used.prompt_tokens, used.completion_tokens, cost, payer);
         usage
     }
 

@@ -34,6 +34,19 @@ pub struct GatewayMetrics {
     key_tokens: Counters<(String, &'static str)>,
     /// (gateway key name, currency): spend in ten-millionths.
     key_cost: Counters<(String, String)>,
+    /// (app id, prompt | completion): model nodes' tokens.
+    app_tokens: Counters<(String, &'static str)>,
+    /// (app id, currency): model nodes' spend in ten-millionths.
+    app_cost: Counters<(String, String)>,
+}
+
+/// Who a call is charged to, besides its model and target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payer<'a> {
+    /// The gateway key of a call through the OpenAI-compatible endpoint.
+    pub key: Option<&'a str>,
+    /// The app of a model node.
+    pub app: Option<&'a str>,
 }
 
 impl GatewayMetrics {
@@ -64,19 +77,24 @@ impl GatewayMetrics {
     }
 
     /// Tokens a call used, as the upstream reported them, and what they cost; per gateway key
-    /// too when the call came through one (for chargeback).
-    pub(crate) fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64, cost: Option<(Decimal, &str)>, key: Option<&str>) {
+    /// or app too (for chargeback).
+    pub(crate) fn usage(&self, model: &str, target: &str, prompt: u64, completion: u64, cost: Option<(Decimal, &str)>, payer: Payer<'_>) {
         self.tokens.add(&(model.to_owned(), target.to_owned(), "prompt"), prompt);
         self.tokens.add(&(model.to_owned(), target.to_owned(), "completion"), completion);
-        if let Some(key) = key {
-            self.key_tokens.add(&(key.to_owned(), "prompt"), prompt);
-            self.key_tokens.add(&(key.to_owned(), "completion"), completion);
+        let charged = [(payer.key, &self.key_tokens, &self.key_cost), (payer.app, &self.app_tokens, &self.app_cost)];
+        for (who, tokens, _) in &charged {
+            if let Some(who) = who {
+                tokens.add(&((*who).to_owned(), "prompt"), prompt);
+                tokens.add(&((*who).to_owned(), "completion"), completion);
+            }
         }
         if let Some((amount, currency)) = cost {
             let units = u64::try_from(amount.in_units_of(COST_EXPONENT)).unwrap_or(0);
             self.cost.add(&(model.to_owned(), target.to_owned(), currency.to_owned()), units);
-            if let Some(key) = key {
-                self.key_cost.add(&(key.to_owned(), currency.to_owned()), units);
+            for (who, _, spend) in &charged {
+                if let Some(who) = who {
+                    spend.add(&((*who).to_owned(), currency.to_owned()), units);
+                }
             }
         }
     }
@@ -157,6 +175,25 @@ impl GatewayMetrics {
                 out,
                 "flowgate_gateway_key_cost_total{{key=\"{}\",currency=\"{}\"}} {}",
                 label(&key),
+                label(&currency),
+                units as f64 / 1e7
+            );
+        }
+        header(out, "flowgate_gateway_app_tokens_total", "counter", "Model nodes' tokens by app and direction.");
+        for ((app, direction), count) in self.app_tokens.sorted() {
+            let _ = writeln!(out, "flowgate_gateway_app_tokens_total{{app=\"{}\",direction=\"{direction}\"}} {count}", label(&app));
+        }
+        header(
+            out,
+            "flowgate_gateway_app_cost_total",
+            "counter",
+            "Model nodes' spend by app and currency, from the models file's pricing.",
+        );
+        for ((app, currency), units) in self.app_cost.sorted() {
+            let _ = writeln!(
+                out,
+                "flowgate_gateway_app_cost_total{{app=\"{}\",currency=\"{}\"}} {}",
+                label(&app),
                 label(&currency),
                 units as f64 / 1e7
             );

@@ -14,6 +14,7 @@ use crate::config::Features;
 use crate::error::ErrorClass;
 use crate::gateway::{Gateway, GatewayError};
 use crate::limits::Caller;
+use crate::metrics::Payer;
 use crate::types::{
     ChatRequest, ChatResponse, Content, FilePart, FunctionCall, ImageUrl, InputAudio, Message, Part, StreamEvent, ToolCall,
 };
@@ -217,7 +218,12 @@ impl ModelPort for GatewayPort {
                     }
                     StreamEvent::Usage(usage) => {
                         used = Some(usage.total_tokens);
-                        reply.usage = gateway.account(&model, &target, &usage, None);
+                        reply.usage = gateway.account(
+                            &model,
+                            &target,
+                            &usage,
+                            Payer { key: None, app: caller.app.as_deref().filter(|app| !app.is_empty()) },
+                        );
                     }
                     StreamEvent::ToolCall { index, id, name, arguments } => whole.add_tool_call_piece(index, id, name, &arguments),
                 }

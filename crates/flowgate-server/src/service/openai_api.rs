@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
 use flowgate_models::limits::Caller;
+use flowgate_models::metrics::Payer;
 use flowgate_models::types::{ChatRequest, ChatResponse, Message, StreamEvent, TokenUsage};
 use flowgate_models::{ErrorClass, Gateway, GatewayError};
 
@@ -260,7 +261,7 @@ async fn answer(state: Shared, headers: HeaderMap, body: Bytes, api: Api) -> Res
         return match gateway.chat(&parsed.model, &parsed.request).await {
             Ok(served) => {
                 if let Some(usage) = &served.value.usage {
-                    gateway.account(&served.model, &served.target, usage, Some(&key_name));
+                    gateway.account(&served.model, &served.target, usage, Payer { key: Some(&key_name), app: None });
                 }
                 reservation.settle(served.value.usage.map(|usage| usage.total_tokens)).await;
                 gateway.remember(&parsed.model, &parsed.request, &served.value).await;
@@ -469,7 +470,7 @@ impl Forward {
         match event {
             StreamEvent::Usage(usage) => {
                 self.used = Some(usage.total_tokens);
-                self.gateway.account(&self.served_model, &self.target, usage, Some(&self.key));
+                self.gateway.account(&self.served_model, &self.target, usage, Payer { key: Some(&self.key), app: None });
             }
             StreamEvent::Text(text) => self.whole.content.push_str(text),
             StreamEvent::Reasoning(text) => self.whole.reasoning.push_str(text),

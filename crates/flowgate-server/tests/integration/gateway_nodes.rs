@@ -273,6 +273,7 @@ async fn prices_are_difys_for_the_tokens_the_upstream_reports() {
     let request = RunRequest {
         inputs: flowgate_engine::value::map_from_json(json!({"question": "I want a refund for my mug"}).as_object().unwrap()),
         user_id: "price-user".into(),
+        app_id: "app-prices".into(),
         ..RunRequest::default()
     };
     let mut events = Vec::new();
@@ -323,6 +324,14 @@ async fn prices_are_difys_for_the_tokens_the_upstream_reports() {
         ),
         "{metrics}"
     );
+    // Charged to the app whose nodes made the calls.
+    for line in [
+        "flowgate_gateway_app_cost_total{app=\"app-prices\",currency=\"USD\"} 0.0050325",
+        "flowgate_gateway_app_tokens_total{app=\"app-prices\",direction=\"completion\"} 142",
+        "flowgate_gateway_app_tokens_total{app=\"app-prices\",direction=\"prompt\"} 1445",
+    ] {
+        assert!(metrics.lines().any(|candidate| candidate == line), "missing `{line}` in:\n{metrics}");
+    }
 }
 
 /// Serves a case's file bytes by URL, as the server's file store and egress would.
