@@ -674,6 +674,12 @@ fn target_config(raw: &RawTarget, env: &dyn Fn(&str) -> Option<String>, model_pr
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(format!("target `{}`: base_url must start with http:// or https://", raw.model));
     }
+    if provider == Provider::Gemini && base_url.trim_end_matches('/').ends_with("/openai") {
+        return Err(format!(
+            "target `{}`: provider gemini speaks Gemini's own API; for Google's OpenAI-compatible endpoint use provider gemini_openai",
+            raw.model
+        ));
+    }
     if matches!(provider, Provider::Anthropic | Provider::Azure { .. } | Provider::Gemini) && api_keys.is_empty() {
         return Err(format!("target `{}`: provider {} needs api_keys", raw.model, raw.provider));
     }
@@ -812,6 +818,11 @@ default: other
         assert!(text.contains("fallback `nowhere`"), "{text}");
         assert!(text.contains("default `other`"), "{text}");
         assert!(lines.contains(&Some(5)) && lines.contains(&Some(6)) && lines.contains(&Some(8)), "{lines:?}");
+
+        let openai_path = "models:\n  - name: g\n    targets:\n      - {provider: gemini, model: gemini-2.5-flash, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai/', api_keys: ['${OPENAI_KEY}']}\n";
+        let error = GatewayConfig::parse(openai_path, &env).unwrap_err();
+        assert_eq!(error.problems[0].line, Some(4), "{error}");
+        assert!(error.to_string().contains("use provider gemini_openai"), "{error}");
 
         let unknown_field = GatewayConfig::parse("models:\n  - name: a\n    tragets: []\n", &env).unwrap_err();
         assert_eq!(unknown_field.problems[0].line, Some(3), "{unknown_field}");
