@@ -112,6 +112,11 @@ async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>, featur
         messages.push(Message { role: message.role.clone(), content, name: None, tool_calls, tool_call_id: message.tool_call_id.clone() });
     }
     let mut parameters = call.parameters.clone();
+    // Dify's Gemini models name their output cap `max_output_tokens`; every adapter reads
+    // OpenAI's name (and an OpenAI server would refuse the other).
+    if let Some(cap) = parameters.remove("max_output_tokens") {
+        parameters.entry("max_tokens").or_insert(cap);
+    }
     // Dify keeps `response_format` as a bare name; OpenAI wants an object.
     if let Some(Value::String(format)) = parameters.get("response_format").cloned() {
         parameters.insert("response_format".into(), json!({"type": format}));

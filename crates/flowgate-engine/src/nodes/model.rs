@@ -52,7 +52,11 @@ impl ModelSettings {
     /// output cap (`max_tokens`); `None` when the context size is unknown.
     fn token_budget(&self, port: &dyn ModelPort) -> Option<i64> {
         let context = i64::try_from(port.context_size(&self.provider, &self.name)?).unwrap_or(i64::MAX);
-        let max_tokens = self.parameters.get("max_tokens").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        // Dify's Gemini models call the output cap `max_output_tokens`.
+        let max_tokens = ["max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|name| self.parameters.get(*name).and_then(serde_json::Value::as_i64))
+            .unwrap_or(0);
         Some(context.saturating_sub(max_tokens))
     }
 

@@ -508,4 +508,27 @@ async fn memory_is_trimmed_to_the_models_context_size() {
         assert_eq!(messages[0]["content"], "Be brief.");
         assert_eq!(messages.last().unwrap()["content"], "now", "the user's turn is never trimmed");
     }
+
+    // A Gemini model's cap (`max_output_tokens` in Dify) counts the same, and reaches every
+    // upstream under OpenAI's name.
+    let gemini = MEMORY_CHATFLOW.replace(
+        "{provider: openai, name: gpt-4o, mode: chat, completion_params: {max_tokens: 100}}",
+        "{provider: langgenius/gemini/google, name: gemini-2.5-flash, mode: chat, completion_params: {max_output_tokens: 100}}",
+    );
+    let plan = Arc::new(Plan::compile(&Document::load(&gemini).unwrap()).unwrap());
+    let mock = MockUpstream::start().unwrap();
+    mock.script("upstream-model", vec![Behaviour::reply("ok")]);
+    let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway_to(&mock, "    context_size: 154\n"), None))), ..Ports::default() };
+    let request = RunRequest {
+        query: Some("now".into()),
+        user_id: "u".into(),
+        conversation_id: Some("c".into()),
+        dialogue_count: Some(5),
+        history: history.into(),
+        ..RunRequest::default()
+    };
+    Engine::new(ports).run(&plan, request, &mut Vec::new(), None).await.unwrap();
+    let body = &mock.received()[0].body;
+    assert_eq!((body["max_tokens"].clone(), body.get("max_output_tokens")), (json!(100), None));
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1 + 6 + 1, "q1 and a1 trimmed, as with max_tokens");
 }
