@@ -234,6 +234,7 @@ fn body(request: &ChatRequest) -> Result<Value, String> {
     if let Some(cap) = request.max_output_tokens() {
         config.insert("maxOutputTokens".into(), json!(cap));
     }
+    let mut thinking = Map::new();
     for (name, value) in &request.parameters {
         match name.as_str() {
             "temperature" | "seed" => {
@@ -254,6 +255,26 @@ fn body(request: &ChatRequest) -> Result<Value, String> {
             "stop" => {
                 let stops = if value.is_string() { json!([value]) } else { value.clone() };
                 config.insert("stopSequences".into(), stops);
+            }
+            // Dify's Gemini parameters, and OpenAI's effort levels as Google's own
+            // OpenAI-compatible endpoint maps them.
+            "thinking_budget" => {
+                thinking.insert("thinkingBudget".into(), value.clone());
+            }
+            "include_thoughts" => {
+                thinking.insert("includeThoughts".into(), value.clone());
+            }
+            "reasoning_effort" => {
+                let budget = match value.as_str() {
+                    Some("none") => Some(0),
+                    Some("minimal" | "low") => Some(1024),
+                    Some("medium") => Some(8192),
+                    Some("high") => Some(24_576),
+                    _ => None,
+                };
+                if let Some(budget) = budget {
+                    thinking.entry("thinkingBudget").or_insert(json!(budget));
+                }
             }
             "response_format" => match value["type"].as_str() {
                 Some("json_object") => {
@@ -296,6 +317,9 @@ fn body(request: &ChatRequest) -> Result<Value, String> {
             // Everything else (n, logit_bias, user, …) has no Gemini equivalent.
             _ => {}
         }
+    }
+    if !thinking.is_empty() {
+        config.insert("thinkingConfig".into(), Value::Object(thinking));
     }
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
@@ -407,6 +431,8 @@ mod tests {
         parameters.insert("top_p".into(), json!(0.5));
         parameters.insert("stop".into(), json!("END"));
         parameters.insert("tool_choice".into(), json!({"type": "function", "function": {"name": "weather"}}));
+        parameters.insert("reasoning_effort".into(), json!("low"));
+        parameters.insert("include_thoughts".into(), json!(true));
         let request = ChatRequest {
             model: "gemini-2.5-flash".into(),
             messages: vec![Message::text("system", "Be brief."), Message::text("user", "Weather and time?"), assistant, weather, time],
@@ -429,7 +455,10 @@ mod tests {
                 ]},
             ])
         );
-        assert_eq!(body["generationConfig"], json!({"maxOutputTokens": 64, "topP": 0.5, "stopSequences": ["END"]}));
+        assert_eq!(
+            body["generationConfig"],
+            json!({"maxOutputTokens": 64, "topP": 0.5, "stopSequences": ["END"], "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": true}})
+        );
         assert_eq!(body["toolConfig"], json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["weather"]}}));
     }
 
