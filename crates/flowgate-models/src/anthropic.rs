@@ -15,6 +15,8 @@ use crate::types::{ChatRequest, ChatResponse, Content, FilePart, FunctionCall, P
 
 /// Anthropic requires `max_tokens`; this is the cap when the client set none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// Dify's default `thinking_budget` when a node switches thinking on.
+const THINKING_BUDGET: u64 = 1024;
 const API_VERSION: &str = "2023-06-01";
 
 #[derive(Clone)]
@@ -217,9 +219,39 @@ fn body(request: &ChatRequest, stream: bool) -> Result<Value, String> {
                     body.insert("tool_choice".into(), choice);
                 }
             }
+            // Extended thinking: Anthropic's own object, or Dify's switch with its budget.
+            "thinking" => match value {
+                Value::Object(_) => {
+                    body.insert("thinking".into(), value.clone());
+                }
+                Value::Bool(true) => {
+                    let budget = request.parameters.get("thinking_budget").and_then(Value::as_u64).unwrap_or(THINKING_BUDGET);
+                    body.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+                }
+                _ => {}
+            },
+            // OpenAI's effort levels, as LiteLLM maps them to a thinking budget.
+            "reasoning_effort" if !request.parameters.contains_key("thinking") => {
+                let budget = match value.as_str() {
+                    Some("minimal" | "low") => Some(1024),
+                    Some("medium") => Some(2048),
+                    Some("high") => Some(4096),
+                    _ => None,
+                };
+                if let Some(budget) = budget {
+                    body.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+                }
+            }
             // Everything else (penalties, seed, response_format, n, …) has no Anthropic equivalent.
             _ => {}
         }
+    }
+    // The thinking budget comes out of `max_tokens`, which must stay above it: without a cap of
+    // the client's, the default cap is left for the answer.
+    if request.max_output_tokens().is_none()
+        && let Some(budget) = body.get("thinking").and_then(|thinking| thinking["budget_tokens"].as_u64())
+    {
+        body.insert("max_tokens".into(), json!(budget + DEFAULT_MAX_TOKENS));
     }
     body.insert("stream".into(), json!(stream));
     Ok(Value::Object(body))

@@ -145,3 +145,28 @@ async fn documents_become_document_blocks_and_audio_is_refused_here() {
     assert!(refused.message.contains("no audio"), "{refused}");
     assert_eq!(mock.received().len(), 1, "nothing was sent for the refused request");
 }
+
+/// Extended thinking: Dify's `thinking` switch with its `thinking_budget` becomes Anthropic's
+/// `thinking` object, and OpenAI's `reasoning_effort` a budget.
+#[tokio::test]
+async fn thinking_parameters_become_a_thinking_budget() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script("claude-test", vec![Behaviour::reply("Thought about it.")]);
+    let target = target(&mock);
+    let mut dify = request("Think");
+    dify.parameters.insert("thinking".into(), json!(true));
+    dify.parameters.insert("thinking_budget".into(), json!(2048));
+    target.chat(&dify, Timeouts::default()).await.unwrap();
+    let mut openai = request("Think");
+    openai.parameters.insert("reasoning_effort".into(), json!("high"));
+    target.chat(&openai, Timeouts::default()).await.unwrap();
+    let sent = mock.received();
+    assert_eq!(sent[0].body["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+    assert!(sent[0].body.get("thinking_budget").is_none());
+    assert_eq!(sent[1].body["thinking"], json!({"type": "enabled", "budget_tokens": 4096}));
+    assert_eq!(sent[1].body["max_tokens"], 100, "the client's cap stays");
+    let mut uncapped = ChatRequest::chat("claude-test".into(), text_messages(&[("user", "Think")]), serde_json::Map::new());
+    uncapped.parameters.insert("reasoning_effort".into(), json!("high"));
+    target.chat(&uncapped, Timeouts::default()).await.unwrap();
+    assert_eq!(mock.received()[2].body["max_tokens"], 4096 + 4096, "the budget comes on top of the default cap");
+}
