@@ -117,9 +117,27 @@ async fn request_for(call: &ModelCall, files: Option<&Arc<dyn FilePort>>, featur
     if let Some(cap) = parameters.remove("max_output_tokens") {
         parameters.entry("max_tokens").or_insert(cap);
     }
-    // Dify keeps `response_format` as a bare name; OpenAI wants an object.
+    // Dify keeps `response_format` as a bare name, and a `json_schema` format's schema as JSON
+    // text in `json_schema`; OpenAI wants one object (Dify's OpenAI plugin builds the same).
+    let schema_text = parameters.remove("json_schema");
     if let Some(Value::String(format)) = parameters.get("response_format").cloned() {
-        parameters.insert("response_format".into(), json!({"type": format}));
+        let response_format = if format == "json_schema" {
+            let schema = match schema_text {
+                Some(Value::String(text)) if !text.trim().is_empty() => serde_json::from_str::<Value>(&text)
+                    .map_err(|_| PortError::new(PortErrorKind::InvalidRequest, format!("not correct json_schema format: {text}")))?,
+                Some(object @ Value::Object(_)) => object,
+                _ => {
+                    return Err(PortError::new(
+                        PortErrorKind::InvalidRequest,
+                        "Must define JSON Schema when the response format is json_schema",
+                    ));
+                }
+            };
+            json!({"type": "json_schema", "json_schema": schema})
+        } else {
+            json!({"type": format})
+        };
+        parameters.insert("response_format".into(), response_format);
     }
     if let Some(schema) = &call.json_schema {
         parameters.insert("response_format".into(), json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}));

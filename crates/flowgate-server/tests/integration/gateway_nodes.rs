@@ -532,3 +532,45 @@ async fn memory_is_trimmed_to_the_models_context_size() {
     assert_eq!((body["max_tokens"].clone(), body.get("max_output_tokens")), (json!(100), None));
     assert_eq!(body["messages"].as_array().unwrap().len(), 1 + 6 + 1, "q1 and a1 trimmed, as with max_tokens");
 }
+
+/// Dify's `response_format: json_schema` with the schema as JSON text in `json_schema` reaches
+/// the model as OpenAI's one `response_format` object, as Dify's OpenAI plugin builds it; a
+/// missing schema fails the node with the plugin's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_schema_response_format_is_sent_as_openais_object() {
+    let params = |completion_params: &str| {
+        MEMORY_CHATFLOW.replace("completion_params: {max_tokens: 100}", &format!("completion_params: {completion_params}"))
+    };
+    let run = |dsl: String| async move {
+        let mock = MockUpstream::start().unwrap();
+        mock.script("upstream-model", vec![Behaviour::reply("{\"ok\": true}")]);
+        let ports = Ports { model: Some(Arc::new(GatewayPort::new(gateway_to(&mock, ""), None))), ..Ports::default() };
+        let plan = Arc::new(Plan::compile(&Document::load(&dsl).unwrap()).unwrap());
+        let request =
+            RunRequest { query: Some("now".into()), user_id: "u".into(), conversation_id: Some("c".into()), ..RunRequest::default() };
+        let summary = Engine::new(ports).run(&plan, request, &mut Vec::new(), None).await.unwrap();
+        (summary, mock.received())
+    };
+    let (summary, sent) =
+        run(params(r#"{response_format: json_schema, json_schema: '{"name": "answer", "schema": {"type": "object"}, "strict": true}'}"#))
+            .await;
+    assert_eq!(summary.answer, "{\"ok\": true}", "{:?}", summary.error);
+    assert_eq!(
+        sent[0].body["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": true}})
+    );
+    assert!(sent[0].body.get("json_schema").is_none(), "the text form is not sent on");
+
+    let (summary, sent) = run(params("{response_format: json_object}")).await;
+    assert_eq!(summary.answer, "{\"ok\": true}");
+    assert_eq!(sent[0].body["response_format"], json!({"type": "json_object"}));
+
+    let (summary, sent) = run(params("{response_format: json_schema}")).await;
+    assert_eq!(summary.status, flowgate_engine::RunStatus::Failed);
+    assert!(
+        summary.error.as_deref().unwrap_or_default().contains("Must define JSON Schema when the response format is json_schema"),
+        "{:?}",
+        summary.error
+    );
+    assert!(sent.is_empty(), "nothing was sent");
+}
