@@ -26,6 +26,21 @@ fn gateway_to(mock: &MockUpstream, settings: &str) -> Arc<Gateway> {
     Arc::new(Gateway::new(GatewayConfig::parse(&yaml, &|_| None).unwrap(), &flowgate_models::http_client().unwrap()).unwrap())
 }
 
+/// The cases of `tests/conformance/model-prompts/<file>`, each with what graphon recorded for it.
+fn model_prompt_cases(file: &str) -> Vec<(Json, Json)> {
+    let folder = repo_root().join("tests/conformance/model-prompts");
+    let cases: Vec<Json> = serde_json::from_str(&std::fs::read_to_string(folder.join(file)).unwrap()).unwrap();
+    assert!(!cases.is_empty(), "{file} has no cases");
+    cases
+        .into_iter()
+        .map(|case| {
+            let path = folder.join(format!("expected/{}.json", case["id"].as_str().unwrap()));
+            let expected = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            (case, expected)
+        })
+        .collect()
+}
+
 /// A case's `history`: `[[query, answer], …]`.
 fn past_turns(case: &Json) -> Vec<PastTurn> {
     case["history"]
@@ -124,11 +139,9 @@ fn strip_usage(value: &mut Json) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameter_extractor_prompts_are_graphons() {
     let folder = repo_root().join("tests/conformance/model-prompts");
-    let cases: Vec<Json> = serde_json::from_str(&std::fs::read_to_string(folder.join("cases.json")).unwrap()).unwrap();
-    assert!(!cases.is_empty());
-    for case in &cases {
+    for (case, expected) in model_prompt_cases("cases.json") {
+        let case = &case;
         let id = case["id"].as_str().unwrap();
-        let expected: Json = serde_json::from_str(&std::fs::read_to_string(folder.join(format!("expected/{id}.json"))).unwrap()).unwrap();
         let calls = expected["calls"].as_array().unwrap();
         let mock = MockUpstream::start().unwrap();
         let answers = calls
@@ -388,11 +401,9 @@ fn openai_content(content: &Json) -> Json {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_prompts_with_files_are_graphons() {
     let folder = repo_root().join("tests/conformance/model-prompts");
-    let cases: Vec<Json> = serde_json::from_str(&std::fs::read_to_string(folder.join("vision-cases.json")).unwrap()).unwrap();
-    assert!(!cases.is_empty());
-    for case in &cases {
+    for (case, expected) in model_prompt_cases("vision-cases.json") {
+        let case = &case;
         let id = case["id"].as_str().unwrap();
-        let expected: Json = serde_json::from_str(&std::fs::read_to_string(folder.join(format!("expected/{id}.json"))).unwrap()).unwrap();
         let calls = expected["calls"].as_array().unwrap();
         let mock = MockUpstream::start().unwrap();
         let answers =
