@@ -36,6 +36,26 @@ const JAVASCRIPT: &str = r#"function main({payload}) {
     return {count: items.length, total: Math.round(items.reduce((sum, item) => sum + item.total, 0) * 100) / 100, top: byTotal.slice(0, 3).map(item => item.id)};
 }"#;
 
+/// The table preview of the corpus' File_read.yml (pandas), on a 200-row CSV.
+const PANDAS: &str = r#"import io
+import pandas as pd
+
+def main(payload: str) -> dict:
+    df = pd.read_csv(io.StringIO(payload))
+    sample_df = df.head()
+    markdown = "|" + "|".join(str(col) for col in sample_df.columns) + "|\n"
+    for _, row in sample_df.iterrows():
+        markdown += "|" + "|".join(str(val) for val in row.values) + "|\n"
+    return {"result": markdown, "rows": len(df), "by_city": df.groupby("city")["price"].sum().round(2).to_dict()}
+"#;
+
+fn csv() -> String {
+    let cities = ["Berlin", "Paris", "Rome", "Madrid"];
+    let rows: Vec<String> =
+        (0..200).map(|index| format!("{},sku-{index},{}.{:02}", cities[index % 4], index % 17 + 1, index * 7 % 100)).collect();
+    format!("city,product,price\n{}\n", rows.join("\n"))
+}
+
 fn call_in(language: &str, code: &str, payload: &str) -> CodeCall {
     let mut inputs = Map::default();
     inputs.insert(Arc::from("payload"), Value::str(payload));
@@ -57,20 +77,28 @@ struct Options {
     concurrency: usize,
     /// A pause after each execution in every loop: a load below saturation.
     pause_ms: u64,
+    /// An interpreter with pandas (`scripts/sdk-python sandbox-packages`), for the pandas rows.
+    packages_python: Option<String>,
+    pandas: usize,
 }
 
 fn options() -> Result<Options, String> {
     let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
-    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores, pause_ms: 0 };
+    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores, pause_ms: 0, packages_python: None, pandas: 300 };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--packages-python" {
+            options.packages_python = Some(value);
+            continue;
+        }
         let number: usize = value.parse().map_err(|_| format!("{flag}: '{value}' is not a number"))?;
         match flag.as_str() {
             "--executions" => options.executions = number.max(1),
             "--cold" => options.cold = number,
             "--concurrency" => options.concurrency = number.max(1),
             "--pause-ms" => options.pause_ms = number as u64,
+            "--pandas" => options.pandas = number,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -139,10 +167,10 @@ async fn through(
 
 /// The same code in a fresh `python3` per execution, with Dify's wrapper (`main(**inputs)`, the
 /// result printed between `<<RESULT>>` markers).
-async fn cold_python(python: &str, payload: &str, total: usize, concurrency: usize) -> Vec<Duration> {
+async fn cold_python(python: &str, code: &str, payload: &str, total: usize, concurrency: usize) -> Vec<Duration> {
     let inputs = serde_json::json!({"payload": payload}).to_string();
     let program = Arc::new(format!(
-        "{CODE}\nimport json as _json\n_out = main(**_json.loads({inputs:?}))\nprint('<<RESULT>>' + _json.dumps(_out) + '<<RESULT>>')\n"
+        "{code}\nimport json as _json\n_out = main(**_json.loads({inputs:?}))\nprint('<<RESULT>>' + _json.dumps(_out) + '<<RESULT>>')\n"
     ));
     let per_loop = total.div_ceil(concurrency);
     let loops = (0..concurrency).map(|_| {
@@ -248,8 +276,11 @@ fn main() {
                 .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
                 .unwrap_or_else(|_| "python3".into());
             let started = Instant::now();
-            let cold = cold_python(&python, &payload, options.cold, options.concurrency).await;
+            let cold = cold_python(&python, CODE, &payload, options.cold, options.concurrency).await;
             report(&format!("Python: cold {python} per execution"), cold, started.elapsed());
+        }
+        if let (Some(python), true) = (&options.packages_python, options.pandas > 0) {
+            pandas_rows(python, &options).await;
         }
         println!();
         println!("| executions | pool RSS (all zygotes) |");
@@ -258,4 +289,33 @@ fn main() {
             println!("| {executions} | {mib:.1} MiB |");
         }
     });
+}
+
+/// A pandas code node: imported by each execution, preloaded in the zygotes
+/// (`--code-preload pandas`), and in a cold interpreter per execution.
+async fn pandas_rows(python: &str, options: &Options) {
+    let csv: Arc<str> = Arc::from(csv());
+    for preload in [false, true] {
+        let mut config = SandboxConfig::new(std::env::temp_dir().join(format!("flowgate-bench-pandas-{preload}-{}", std::process::id())));
+        config.workers = options.concurrency;
+        config.python = python.into();
+        if preload {
+            config.preload = vec!["pandas".into()];
+        }
+        let sandbox = match Sandbox::start(config).await {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        };
+        through(&sandbox, "python3", PANDAS, &csv, options.concurrency * 4, options.concurrency, Duration::ZERO).await;
+        let started = Instant::now();
+        let latencies = through(&sandbox, "python3", PANDAS, &csv, options.pandas, options.concurrency, Duration::ZERO).await;
+        let how = if preload { "pandas: zygote pool, `--code-preload pandas`" } else { "pandas: zygote pool, imported by the code" };
+        report(how, latencies, started.elapsed());
+    }
+    let started = Instant::now();
+    let cold = cold_python(python, PANDAS, &csv, options.pandas.min(options.cold.max(1)), options.concurrency).await;
+    report("pandas: cold python3 per execution", cold, started.elapsed());
 }

@@ -60,6 +60,11 @@ pub struct SandboxConfig {
     pub network: bool,
     /// Where executions' private scratch directories are made.
     pub scratch: PathBuf,
+    /// Modules each zygote imports before it forks (besides what Dify's sandbox offers), so code
+    /// importing a heavy package such as pandas does not pay for the import on every execution.
+    pub preload: Vec<String>,
+    /// Host folders code may read (not write), like a folder mounted into dify-sandbox.
+    pub read_paths: Vec<PathBuf>,
     pub isolation: IsolationPolicy,
     /// Use seccomp / landlock when the kernel offers them. Turning one off is for a kernel whose
     /// implementation misbehaves; [`IsolationPolicy::Required`] then refuses to run code.
@@ -77,6 +82,8 @@ impl SandboxConfig {
             max_file_bytes: 16 * 1024 * 1024,
             network: false,
             scratch,
+            preload: Vec::new(),
+            read_paths: Vec::new(),
             isolation: IsolationPolicy::BestEffort,
             seccomp: true,
             landlock: true,

@@ -31,6 +31,8 @@ pub struct Protections {
     pub seccomp: bool,
     /// `uid 65534`, `capabilities` (root kept its uid but lost every capability) or `not root`.
     pub privileges: String,
+    /// The configured preload modules that failed to import, each with why.
+    pub preload_failures: Vec<String>,
 }
 
 impl Protections {
@@ -71,6 +73,11 @@ impl Zygote {
             .args(["-I", "-c", ZYGOTE_SOURCE])
             .env_clear()
             .env("LANG", "C.UTF-8")
+            // Numeric libraries start a thread pool at import; a zygote must not have threads
+            // when it forks, and each execution has one core's worth of CPU time anyway.
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .env("MKL_NUM_THREADS", "1")
             .current_dir(&config.scratch)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -91,6 +98,8 @@ impl Zygote {
             "memory_bytes": config.memory_bytes,
             "seccomp": config.seccomp,
             "landlock": config.landlock,
+            "preload": config.preload,
+            "read_paths": config.read_paths,
         });
         let hello = tokio::time::timeout(START_TIMEOUT, async {
             zygote.write_frame(&setup).await?;
@@ -107,6 +116,11 @@ impl Zygote {
             landlock_abi: hello.get("landlock_abi").and_then(Json::as_u64).unwrap_or(0) as u32,
             seccomp: hello.get("seccomp").and_then(Json::as_bool).unwrap_or(false),
             privileges: hello.get("privileges").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            preload_failures: hello
+                .get("preload_failures")
+                .and_then(Json::as_array)
+                .map(|failures| failures.iter().filter_map(Json::as_str).map(str::to_owned).collect())
+                .unwrap_or_default(),
         };
         Ok((zygote, protections))
     }

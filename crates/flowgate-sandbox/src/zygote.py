@@ -43,6 +43,17 @@ def preload(names):
         except Exception:  # not installed here: user code importing it gets ImportError
             pass
 
+
+def preload_configured(names):
+    """The operator's extra modules (`--code-preload`); what fails to import is reported."""
+    failures = []
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException as error:  # noqa: BLE001 - any failure is the operator's to see
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+    return failures
+
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
 LIBC.prctl.restype = ctypes.c_int
@@ -589,7 +600,8 @@ def run(waiting, request, later):
 def main():
     config = read_frame()
     preload(PRELOAD + (PRELOAD_WITH_NETWORK if config.get("network") else []))
-    config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("extra_read_paths", [])
+    preload_failures = preload_configured(config.get("preload", []))
+    config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("read_paths", [])
     config["privileges"] = privilege_plan()
     abi = landlock_abi() if config.get("landlock", True) else 0
     config["seccomp"] = config.get("seccomp", True) and seccomp_available()
@@ -602,6 +614,7 @@ def main():
         "landlock_abi": abi,
         "seccomp": config["seccomp"],
         "privileges": config["privileges"],
+        "preload_failures": preload_failures,
     })
     gc.freeze()
     counter = 1

@@ -143,14 +143,13 @@ async fn fork_bombs_memory_bombs_and_endless_loops_are_stopped() {
     let sandbox = sandbox("bombs").await;
     let (_, message) = run(&sandbox, "import os\ndef main():\n    while True:\n        os.fork()").await.unwrap_err();
     assert!(message.contains("PermissionError"), "{message}");
-    // Past the 768 MiB limit: one block at once, then blocks that pile up (large enough that the
-    // limit is reached in a few steps even on a loaded machine).
+    // Past the 768 MiB limit: one block at once, then blocks that pile up. `bytes(n)` maps zeroed
+    // memory without touching it, so the limit is reached in a few steps even on a loaded machine
+    // (filling 768 MiB took longer than the 2 s timeout there).
     let (kind, message) = run(&sandbox, "def main():\n    return {'result': len(bytearray(2 * 1024 * 1024 * 1024))}").await.unwrap_err();
     assert_eq!(kind, PortErrorKind::TooLarge, "{message}");
     let (kind, message) =
-        run(&sandbox, "def main():\n    blocks = []\n    while True:\n        blocks.append(bytearray(256 * 1024 * 1024))")
-            .await
-            .unwrap_err();
+        run(&sandbox, "def main():\n    blocks = []\n    while True:\n        blocks.append(bytes(256 * 1024 * 1024))").await.unwrap_err();
     assert_eq!(kind, PortErrorKind::TooLarge, "{message}");
     assert!(message.contains("ran out of memory"), "{message}");
     let started = std::time::Instant::now();
@@ -264,4 +263,79 @@ async fn required_isolation_refuses_a_sandbox_without_seccomp_or_landlock() {
     assert_eq!(output(&sandbox, code).await, Value::Bool(true), "without landlock the file is readable");
     let guarded = self::sandbox("guarded").await;
     assert!(run(&guarded, code).await.is_err(), "with landlock it is not");
+}
+
+#[tokio::test]
+async fn a_shared_read_path_can_be_read_but_not_written_and_nothing_beside_it_opens() {
+    let root = std::env::temp_dir().join(format!("flowgate-sandbox-test-shared-{}", std::process::id()));
+    let (shared, private) = (root.join("upload_files"), root.join("private"));
+    std::fs::create_dir_all(shared.join("2026")).unwrap();
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::write(shared.join("2026/sales.csv"), "city,total\nBerlin,3\n").unwrap();
+    std::fs::write(private.join("secret.txt"), "not for code").unwrap();
+    let mut config = SandboxConfig::new(root.join("scratch"));
+    config.read_paths = vec![shared.clone()];
+    let sandbox = Sandbox::start(config).await.unwrap();
+
+    // The corpus' File_read.yml walks its mounted folder like this.
+    let code = format!(
+        "import os\ndef main():\n    found = [os.path.join(r, f) for r, _, fs in os.walk({shared:?}) for f in fs]\n    return {{'result': [found, open(found[0]).read()]}}"
+    );
+    let listed = output(&sandbox, &code).await;
+    let csv = shared.join("2026/sales.csv").display().to_string();
+    assert_eq!(listed, Value::array(vec![Value::array(vec![Value::str(csv.as_str())]), Value::str("city,total\nBerlin,3\n")]));
+    for attempt in [
+        format!("open({:?}, 'a').write('x')", csv),
+        format!("open({:?}, 'w').write('x')", shared.join("new.txt").display().to_string()),
+        format!("__import__('os').remove({csv:?})"),
+        format!("open({:?}).read()", private.join("secret.txt").display().to_string()),
+    ] {
+        let code = format!("def main():\n    {attempt}\n    return {{}}");
+        let (_, message) = run(&sandbox, &code).await.unwrap_err();
+        assert!(message.contains("PermissionError"), "{attempt}: {message}");
+    }
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "city,total\nBerlin,3\n");
+    assert!(!shared.join("new.txt").exists());
+}
+
+/// The interpreter of `scripts/sdk-python sandbox-packages`: pandas, numpy and json_repair.
+fn python_with_packages() -> std::path::PathBuf {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sdk-python");
+    let output = std::process::Command::new(script).arg("sandbox-packages").output().unwrap();
+    assert!(output.status.success(), "cannot set up the sandbox packages: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().into()
+}
+
+#[tokio::test]
+async fn preloaded_packages_are_imported_before_the_code_runs_and_work_in_every_execution() {
+    let python = python_with_packages();
+    let scratch = |tag: &str| std::env::temp_dir().join(format!("flowgate-sandbox-test-{tag}-{}", std::process::id()));
+    let imported = "import sys\ndef main():\n    return {'result': ['pandas' in sys.modules, 'json_repair' in sys.modules]}";
+
+    let mut config = SandboxConfig::new(scratch("no-preload"));
+    config.python = python.clone();
+    let plain = Sandbox::start(config).await.unwrap();
+    assert_eq!(output(&plain, imported).await, Value::array(vec![Value::Bool(false), Value::Bool(false)]));
+    assert!(plain.protections().preload_failures.is_empty());
+
+    let mut config = SandboxConfig::new(scratch("preload"));
+    config.python = python;
+    config.workers = 1;
+    config.preload = vec!["pandas".into(), "json_repair".into(), "pandsa".into()];
+    let sandbox = Sandbox::start(config).await.unwrap();
+    assert_eq!(sandbox.protections().preload_failures, vec!["pandsa: ModuleNotFoundError: No module named 'pandsa'".to_owned()]);
+    assert!(sandbox.protections().missing().is_empty(), "{}", sandbox.protections().describe());
+    assert_eq!(output(&sandbox, imported).await, Value::array(vec![Value::Bool(true), Value::Bool(true)]));
+    // Forked children of one zygote each get a working pandas and numpy (no thread pool
+    // left broken by the fork), and none sees what the one before changed.
+    let code = "import io\nimport pandas as pd\ndef main():\n    df = pd.read_csv(io.StringIO('city,price\\nBerlin,3.5\\nParis,4.25\\nBerlin,5\\n'))\n    seen = getattr(pd, 'touched', False)\n    pd.touched = True\n    sums = df.groupby('city')['price'].sum().to_dict()\n    return {'result': [seen, sums, float((df['price'].to_numpy() @ df['price'].to_numpy()))]}";
+    let expected = Value::array(vec![
+        Value::Bool(false),
+        Value::from(&serde_json::json!({"Berlin": 8.5, "Paris": 4.25})),
+        Value::Float(3.5 * 3.5 + 4.25 * 4.25 + 25.0),
+    ]);
+    for _ in 0..3 {
+        assert_eq!(output(&sandbox, code).await, expected);
+    }
+    still_healthy(&sandbox).await;
 }

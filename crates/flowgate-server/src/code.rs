@@ -33,6 +33,14 @@ pub struct CodeArgs {
     /// Let code open network connections (`true`). They bypass the SSRF guard HTTP nodes use.
     #[arg(long = "code-network", env = "FLOWGATE_CODE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
     pub network: bool,
+    /// Modules every Python execution starts with already imported (comma-separated, e.g.
+    /// `pandas,numpy`): the sandbox imports them once instead of on every execution.
+    #[arg(long = "code-preload", env = "FLOWGATE_CODE_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+    /// Host folders code may read but not write (comma-separated), like a folder mounted into
+    /// dify-sandbox (`/upload_files`).
+    #[arg(long = "code-read-path", env = "FLOWGATE_CODE_READ_PATHS", value_delimiter = ',')]
+    pub read_paths: Vec<PathBuf>,
     /// Send code nodes to an existing dify-sandbox (e.g. `http://sandbox:8194`) instead of
     /// running them here; its key comes from `CODE_EXECUTION_API_KEY` (Dify's default:
     /// `dify-sandbox`).
@@ -95,6 +103,13 @@ async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) 
     config.timeout = Duration::from_secs(args.timeout);
     config.memory_bytes = args.memory_mb * 1024 * 1024;
     config.network = args.network;
+    config.preload = args.preload.iter().map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect();
+    config.read_paths = args.read_paths.iter().map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone())).collect();
+    for path in &config.read_paths {
+        if !path.exists() {
+            tracing::warn!(path = %path.display(), "FLOWGATE_CODE_READ_PATHS names a path that does not exist (yet); code sees it once it does");
+        }
+    }
     config.isolation = if args.isolation == "required" { IsolationPolicy::Required } else { IsolationPolicy::BestEffort };
     match Sandbox::start(config).await {
         Ok(sandbox) => {
@@ -108,6 +123,9 @@ async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) 
                     "code sandbox on WITHOUT {}: set FLOWGATE_CODE_ISOLATION=required to refuse code nodes instead",
                     missing.join(" and ")
                 );
+            }
+            for failure in &protections.preload_failures {
+                tracing::warn!(module = %failure, "FLOWGATE_CODE_PRELOAD: cannot import; code importing it fails the same way");
             }
             if args.network {
                 tracing::warn!("code nodes may open network connections (FLOWGATE_CODE_NETWORK); they bypass the SSRF guard");

@@ -8,8 +8,9 @@
 //! with every protection on), against graphon running the same code in plain Python.
 //!
 //! Optional case fields: `skip` (keys not compared), `event_order: "per-node"` (events compared
-//! per node instead of globally), `flowgate_dsl` (the DSL flowgate runs instead of `dsl`); each
-//! comes with a `why`.
+//! per node instead of globally), `flowgate_dsl` (the DSL flowgate runs instead of `dsl`),
+//! `python: "packages"` (code runs with an interpreter that has the packages teams install into
+//! their sandbox, `scripts/sdk-python sandbox-packages`); each comes with a `why`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,13 +186,28 @@ fn cases() -> Vec<Json> {
         .collect()
 }
 
+/// A sandbox with every protection required, running `python` (default: `python3`).
+async fn start_sandbox(name: &str, python: Option<PathBuf>) -> Arc<dyn flowgate_engine::ports::CodePort> {
+    let scratch = std::env::temp_dir().join(format!("flowgate-conformance-{name}-{}", std::process::id()));
+    let mut config = flowgate_sandbox::SandboxConfig::new(scratch);
+    config.isolation = flowgate_sandbox::IsolationPolicy::Required;
+    if let Some(python) = python {
+        config.python = python;
+    }
+    Arc::new(flowgate_sandbox::Sandbox::start(config).await.expect("sandbox"))
+}
+
+fn packages_python() -> PathBuf {
+    let output = std::process::Command::new(repo_root().join("scripts/sdk-python")).arg("sandbox-packages").output().expect("sdk-python");
+    assert!(output.status.success(), "cannot set up the sandbox packages: {}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).expect("path").trim())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flowgate_matches_graphon_on_every_case() {
     let address = fixture_address().await;
-    let scratch = std::env::temp_dir().join(format!("flowgate-conformance-code-{}", std::process::id()));
-    let mut config = flowgate_sandbox::SandboxConfig::new(scratch);
-    config.isolation = flowgate_sandbox::IsolationPolicy::Required;
-    let sandbox: Arc<dyn flowgate_engine::ports::CodePort> = Arc::new(flowgate_sandbox::Sandbox::start(config).await.expect("sandbox"));
+    let plain = start_sandbox("code", None).await;
+    let mut with_packages = None;
     let cases = cases();
     assert!(cases.len() >= 60, "the suite must keep at least 60 cases, has {}", cases.len());
     let mut failures = Vec::new();
@@ -206,7 +222,15 @@ async fn flowgate_matches_graphon_on_every_case() {
             }
         };
         let expected = localize(&expected, &address);
-        let actual = run_case(case, &address, &sandbox).await;
+        let sandbox = if case.get("python").and_then(Json::as_str) == Some("packages") {
+            if with_packages.is_none() {
+                with_packages = Some(start_sandbox("packages", Some(packages_python())).await);
+            }
+            with_packages.as_ref().expect("started above")
+        } else {
+            &plain
+        };
+        let actual = run_case(case, &address, sandbox).await;
         let mut differences = Vec::new();
         for key in ["status", "outputs", "answer", "error", "events", "conversation_variables"] {
             if case.get("skip").and_then(Json::as_array).is_some_and(|skip| skip.iter().any(|item| item == key)) {

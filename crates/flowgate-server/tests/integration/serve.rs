@@ -87,3 +87,34 @@ fn code_nodes_run_in_the_sandbox_without_the_servers_secrets() {
     assert_eq!(outputs["environment"], serde_json::json!(["HOME", "LANG", "PATH", "TMPDIR"]));
     assert_eq!(outputs["network"], "PermissionError");
 }
+
+#[test]
+fn code_nodes_read_the_shared_folders_and_start_with_the_preloaded_modules() {
+    let deployment = Deployment::sqlite("serve-code-shared");
+    let key = deployment.import("tests/service/code-shared-folder.yml")["api_key"].as_str().unwrap().to_owned();
+    let shared = deployment.data_dir.join("upload_files");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("a.csv"), "city,total\n").unwrap();
+    std::fs::write(shared.join("b.csv"), "").unwrap();
+    let server =
+        deployment.serve_with_env(&["--code-preload", "email.parser, wave"], &[("FLOWGATE_CODE_READ_PATHS", shared.to_str().unwrap())]);
+    let body = serde_json::json!({"inputs": {"folder": shared}, "user": "coder"}).to_string();
+    let (status, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&key), Some(&body));
+    assert_eq!(status, 200, "{response}");
+    let response: Json = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["data"]["status"], "succeeded", "{response}");
+    let outputs = &response["data"]["outputs"];
+    assert_eq!(outputs["files"], serde_json::json!(["a.csv", "b.csv"]));
+    assert_eq!(outputs["first"], "city,total\n");
+    assert_eq!(outputs["write"], "PermissionError");
+    assert_eq!(outputs["preloaded"], serde_json::json!(["email.parser", "wave"]));
+    assert!(!shared.join("written.txt").exists());
+
+    // Without the settings the folder is out of reach and nothing extra is imported.
+    drop(server);
+    let server = deployment.serve(&[]);
+    let (_, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&key), Some(&body));
+    let response: Json = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["data"]["status"], "failed", "{response}");
+    assert!(response["data"]["error"].as_str().unwrap().contains("PermissionError"), "{response}");
+}
