@@ -24,6 +24,8 @@ pub use gemini::GeminiTarget;
 pub use openai::{OpenAiTarget, Timeouts};
 pub use port::GatewayPort;
 pub use stream::ChatStream;
+#[cfg(feature = "fuzzing")]
+pub use stream::parse_chunks;
 pub use types::{ChatRequest, ChatResponse, Content, Message, StreamEvent, TokenUsage};
 
 /// The HTTP client model calls share: rustls on ring (the one TLS stack), pooled connections,

@@ -212,6 +212,9 @@ struct FunctionDelta<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
+/// More tool calls than any model makes in one answer.
+const MAX_TOOL_CALLS: usize = 1024;
+
 pub(crate) enum ChunkError {
     Json(serde_json::Error),
     Provider(ProviderError),
@@ -232,6 +235,13 @@ pub(crate) fn parse_chunk(label: &str, data: &str, state: &mut StreamState, pend
             pending.push_back(StreamEvent::Text(text.into_owned()));
         }
         for call in delta.tool_calls {
+            // The index says where the call goes in the answer: an absurd one must not make
+            // the answer allocate that many calls.
+            if call.index >= MAX_TOOL_CALLS {
+                let message =
+                    format!("a stream chunk's tool call index {} is above the {MAX_TOOL_CALLS} calls an answer may have", call.index);
+                return Err(ChunkError::Provider(ProviderError::new(ErrorClass::Protocol, label, message)));
+            }
             pending.push_back(StreamEvent::ToolCall {
                 index: call.index,
                 id: call.id.map(Cow::into_owned),
@@ -253,4 +263,30 @@ pub(crate) fn parse_chunk(label: &str, data: &str, state: &mut StreamState, pend
 /// A message list from plain (role, text) pairs, for callers that have no richer content.
 pub fn text_messages(pairs: &[(&str, &str)]) -> Vec<Message> {
     pairs.iter().map(|(role, text)| Message::text(role, text)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(data: &str) -> Result<Vec<StreamEvent>, String> {
+        let (mut state, mut pending) = (StreamState::default(), VecDeque::new());
+        match parse_chunk("t", data, &mut state, &mut pending) {
+            Ok(()) => Ok(pending.into_iter().collect()),
+            Err(ChunkError::Json(error)) => Err(error.to_string()),
+            Err(ChunkError::Provider(error)) => Err(format!("{}: {}", error.class.as_str(), error.message)),
+        }
+    }
+
+    #[test]
+    fn a_tool_call_index_no_answer_can_have_is_a_protocol_error() {
+        let chunk = |index: &str| {
+            format!(r#"{{"choices":[{{"delta":{{"tool_calls":[{{"index":{index},"function":{{"arguments":"{{}}"}}}}]}}}}]}}"#)
+        };
+        let events = parse(&chunk("1023")).unwrap();
+        assert!(matches!(events.as_slice(), [StreamEvent::ToolCall { index: 1023, .. }]), "{events:?}");
+        // Without the check, collecting this answer would push 2^64 empty calls.
+        let error = parse(&chunk("18446744073709551615")).unwrap_err();
+        assert_eq!(error, "protocol: a stream chunk's tool call index 18446744073709551615 is above the 1024 calls an answer may have");
+    }
 }

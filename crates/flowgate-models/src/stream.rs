@@ -184,13 +184,56 @@ impl ChatStream {
     }
 }
 
-/// Takes one complete SSE frame (up to a blank line) off the front of `buffer`.
+/// Takes one complete SSE frame (up to a blank line, whichever line ending comes first) off
+/// the front of `buffer`.
 fn take_frame(buffer: &mut BytesMut) -> Option<String> {
-    let end = buffer
-        .windows(2)
-        .position(|pair| pair == b"\n\n")
-        .map(|at| (at, 2))
-        .or_else(|| buffer.windows(4).position(|quad| quad == b"\r\n\r\n").map(|at| (at, 4)))?;
+    let lf = buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| (at, 2));
+    let crlf = buffer.windows(4).position(|quad| quad == b"\r\n\r\n").map(|at| (at, 4));
+    let end = match (lf, crlf) {
+        (Some(lf), Some(crlf)) => lf.min(crlf),
+        (lf, crlf) => lf.or(crlf)?,
+    };
     let frame = buffer.split_to(end.0 + end.1);
     Some(String::from_utf8_lossy(&frame[..end.0]).replace('\r', ""))
+}
+
+/// The stream parser without a connection, for the fuzz target (`fuzz/`): `chunks` arrive as
+/// if read off the wire, in `dialect` (0 OpenAI, 1 Anthropic, 2 Gemini).
+#[cfg(feature = "fuzzing")]
+pub fn parse_chunks(dialect: u8, chunks: Vec<Bytes>) -> Result<ChatResponse, ProviderError> {
+    let dialect = match dialect % 3 {
+        0 => Dialect::OpenAi,
+        1 => Dialect::Anthropic,
+        _ => Dialect::Gemini,
+    };
+    let far = Instant::now() + std::time::Duration::from_secs(3600);
+    let stream = ChatStream {
+        label: "fuzz".into(),
+        body: futures::stream::iter(chunks.into_iter().map(Ok)).boxed(),
+        buffer: BytesMut::new(),
+        pending: VecDeque::new(),
+        deadline: far,
+        dialect,
+        state: StreamState::default(),
+        in_flight: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|error| ProviderError::new(ErrorClass::Connection, "fuzz", error.to_string()))?;
+    runtime.block_on(stream.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_at_the_first_blank_line_whatever_its_line_ending() {
+        let mut buffer = BytesMut::from(&b"data: a\r\n\r\ndata: b\n\ndata: c"[..]);
+        assert_eq!(take_frame(&mut buffer).as_deref(), Some("data: a"));
+        assert_eq!(take_frame(&mut buffer).as_deref(), Some("data: b"));
+        assert_eq!(take_frame(&mut buffer), None, "an incomplete frame waits for more");
+        assert_eq!(&buffer[..], b"data: c");
+    }
 }
