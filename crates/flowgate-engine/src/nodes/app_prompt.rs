@@ -211,7 +211,7 @@ fn has_key(text: &str, wanted: &str) -> bool {
 /// `PromptTemplateParser.format`: a slot with a value takes it (with any slots inside the value
 /// turned into `{name}`, so user text cannot inject slots); a slot without one becomes `{name}`;
 /// then `<|…|>` special tokens are removed.
-fn format(template: &str, variables: &HashMap<String, String>) -> String {
+pub(super) fn format(template: &str, variables: &HashMap<String, String>) -> String {
     let filled = replace_slots(template, |key| match variables.get(key) {
         Some(value) => replace_slots(value, |inner| format!("{{{inner}}}")),
         None => format!("{{{key}}}"),

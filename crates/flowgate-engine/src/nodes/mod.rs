@@ -21,6 +21,7 @@ mod memory;
 mod model;
 mod ported;
 mod start;
+pub mod suggested;
 mod template_transform;
 
 use std::collections::HashMap;

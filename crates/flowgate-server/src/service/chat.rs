@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json_, json};
 
+use flowgate_engine::nodes::suggested;
+use flowgate_engine::ports::PortContext;
 use flowgate_engine::value::Value;
 use flowgate_engine::{PastTurn, RunRequest, RunStatus};
 use flowgate_store::{App, Conversation, Message, NewMessage, StoreError};
@@ -328,36 +330,103 @@ pub async fn feedback(
         Some(_) => return Err(ApiError::invalid_param("content must be a string").with_param("content")),
     };
     let end_user_id = state.end_user(&app.id, &user).await?;
+    let message = users_message(&state, &app, &end_user_id, &message_id).await?;
+    state.store.set_feedback(&message, &end_user_id, rating.as_deref(), content.as_deref()).await?;
+    Ok(Json(json!({"result": "success"})))
+}
+
+/// The app's message `message_id`, when it is the end user's.
+async fn users_message(state: &Shared, app: &App, end_user_id: &str, message_id: &str) -> Result<Message, ApiError> {
     let not_found = || ApiError::not_found("Message Not Exists.");
-    if !is_uuid(&message_id) {
+    if !is_uuid(message_id) {
         return Err(not_found());
     }
-    let message = state.store.message(&app.id, &message_id).await.map_err(|error| match error {
+    let message = state.store.message(&app.id, message_id).await.map_err(|error| match error {
         StoreError::NotFound(_) => not_found(),
         other => other.into(),
     })?;
     if message.end_user_id != end_user_id {
         return Err(not_found());
     }
-    state.store.set_feedback(&message, &end_user_id, rating.as_deref(), content.as_deref()).await?;
-    Ok(Json(json!({"result": "success"})))
+    Ok(message)
 }
 
-/// `GET /messages/{id}/suggested`: questions after an answer need a model.
-pub async fn suggested(State(state): State<Shared>, headers: HeaderMap, params: Params) -> Result<Json<Json_>, ApiError> {
+/// `GET /messages/{id}/suggested?user=`: three questions the user may ask next, asked of a
+/// model as Dify asks them (`flowgate_engine::nodes::suggested`). As in Dify, a model that is
+/// missing, fails, or answers something unreadable gives no questions rather than an error;
+/// the reason is logged for the operator.
+pub async fn suggested(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(message_id): Path<String>,
+    params: Params,
+) -> Result<Json<Json_>, ApiError> {
     let app = state.app_for_key(&headers).await?;
     require_chat_app(&app)?;
-    params.user()?;
+    let user = params.user()?;
+    let end_user_id = state.end_user(&app.id, user).await?;
+    let message = users_message(&state, &app, &end_user_id, &message_id).await?;
     let (_, compiled) = state.current(&app).await?;
-    let enabled = compiled.features.pointer("/suggested_questions_after_answer/enabled").and_then(Json_::as_bool).unwrap_or(false);
-    if !enabled {
+    let feature = compiled.features.get("suggested_questions_after_answer").cloned().unwrap_or(Json_::Null);
+    if !suggestions_enabled(&app.mode, feature.get("enabled")) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "app_suggested_questions_after_answer_disabled",
             "Function Suggested questions after answer disabled.",
         ));
     }
-    Err(ApiError::new(StatusCode::BAD_REQUEST, "app_unavailable", "not supported yet: suggested questions after an answer"))
+    let questions = match state.engine.ports().model.clone() {
+        None => {
+            tracing::warn!(app = %app.id, "suggested questions need a model: start the server with --models");
+            Vec::new()
+        }
+        Some(model) => {
+            let limit = suggested::HISTORY_MESSAGES as i64;
+            let (latest, _) = state.store.messages(&message.conversation_id, None, limit).await?;
+            let history: Vec<PastTurn> =
+                latest.into_iter().map(|message| PastTurn { query: message.query, answer: message.answer }).collect();
+            let context = PortContext {
+                node_id: Arc::from("suggested_questions"),
+                node_type: Arc::from("suggested_questions"),
+                title: Arc::from("Suggested questions"),
+                run_id: Arc::from(message.workflow_run_id.as_deref().unwrap_or(message.id.as_str())),
+                app_id: Arc::from(app.id.as_str()),
+                user_id: Arc::from(end_user_id.as_str()),
+            };
+            let call = suggested::model_call(&feature, &history, context);
+            match tokio::time::timeout(SUGGESTIONS_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
+                Ok(Ok(reply)) => suggested::questions(&reply.text),
+                Ok(Err(error)) => {
+                    tracing::warn!(app = %app.id, %error, "suggested questions: the model call failed");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(app = %app.id, "suggested questions: the model took longer than {SUGGESTIONS_TIMEOUT:?}");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    Ok(Json(json!({"result": "success", "data": questions})))
+}
+
+/// Dify's limit on one suggested-questions call.
+const SUGGESTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the feature is on: chatflows go by the truthiness of `enabled`; the basic editor's
+/// apps are off only for an explicit `false` (or no setting), as Dify has always read them.
+fn suggestions_enabled(mode: &str, enabled: Option<&Json_>) -> bool {
+    match mode {
+        "advanced-chat" => match enabled {
+            None | Some(Json_::Null) => false,
+            Some(Json_::Bool(value)) => *value,
+            Some(Json_::Number(number)) => number.as_f64().is_some_and(|value| value != 0.0),
+            Some(Json_::String(text)) => !text.is_empty(),
+            Some(Json_::Array(items)) => !items.is_empty(),
+            Some(Json_::Object(fields)) => !fields.is_empty(),
+        },
+        _ => !matches!(enabled, None | Some(Json_::Bool(false))),
+    }
 }
 
 /// `GET /app/feedbacks?page&limit`.

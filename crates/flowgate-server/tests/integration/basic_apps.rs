@@ -25,7 +25,7 @@ const REPLIES: [&str; 9] = [
 ];
 
 /// A models file whose one logical model (the default) is the mock's model `up`.
-fn models_file(deployment: &Deployment, mock: &MockUpstream) -> std::path::PathBuf {
+pub(crate) fn models_file(deployment: &Deployment, mock: &MockUpstream) -> std::path::PathBuf {
     std::fs::create_dir_all(&deployment.data_dir).unwrap();
     let path = deployment.data_dir.join("models.yaml");
     std::fs::write(

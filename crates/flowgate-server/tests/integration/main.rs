@@ -17,6 +17,7 @@ mod operations;
 mod sandbox_api;
 mod sdk;
 mod serve;
+mod suggested;
 
 use std::sync::OnceLock;
 
