@@ -10,6 +10,7 @@ mod assigner;
 mod classifier_prompt;
 mod code;
 pub mod containers;
+pub mod conversation_name;
 mod document;
 mod end;
 mod extractor_prompt;

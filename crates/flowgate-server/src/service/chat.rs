@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json_, json};
 
-use flowgate_engine::nodes::suggested;
+use flowgate_engine::nodes::{conversation_name, suggested};
 use flowgate_engine::ports::PortContext;
 use flowgate_engine::value::Value;
 use flowgate_engine::{PastTurn, RunRequest, RunStatus};
@@ -33,8 +33,9 @@ pub fn require_chat_app(app: &App) -> Result<(), ApiError> {
     }
 }
 
-/// A conversation's name when the client asks for one to be generated. Dify asks a model and
-/// falls back to the query itself; flowgate uses the query (a model-made name needs the gateway).
+/// A conversation's name when the client asks for one to be generated at its first message.
+/// Dify asks a model in the background and falls back to the query; flowgate uses the query
+/// (`POST /conversations/{id}/name` with `auto_generate` asks the model).
 pub fn generated_name(query: &str) -> String {
     let name = query.trim();
     if name.chars().count() > 75 { format!("{}...", name.chars().take(75).collect::<String>()) } else { name.to_owned() }
@@ -385,14 +386,8 @@ pub async fn suggested(
             let (latest, _) = state.store.messages(&message.conversation_id, None, limit).await?;
             let history: Vec<PastTurn> =
                 latest.into_iter().map(|message| PastTurn { query: message.query, answer: message.answer }).collect();
-            let context = PortContext {
-                node_id: Arc::from("suggested_questions"),
-                node_type: Arc::from("suggested_questions"),
-                title: Arc::from("Suggested questions"),
-                run_id: Arc::from(message.workflow_run_id.as_deref().unwrap_or(message.id.as_str())),
-                app_id: Arc::from(app.id.as_str()),
-                user_id: Arc::from(end_user_id.as_str()),
-            };
+            let run_id = message.workflow_run_id.as_deref().unwrap_or(message.id.as_str());
+            let context = app_call_context(&app, &end_user_id, "suggested_questions", "Suggested questions", run_id);
             let call = suggested::model_call(&feature, &history, context);
             match tokio::time::timeout(SUGGESTIONS_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
                 Ok(Ok(reply)) => suggested::questions(&reply.text),
@@ -410,7 +405,39 @@ pub async fn suggested(
     Ok(Json(json!({"result": "success", "data": questions})))
 }
 
-/// Dify's limit on one suggested-questions call.
+/// Who a model call made for the app itself (not by a node) is for, in metrics and limits.
+fn app_call_context(app: &App, end_user_id: &str, purpose: &str, title: &str, run_id: &str) -> PortContext {
+    PortContext {
+        node_id: Arc::from(purpose),
+        node_type: Arc::from(purpose),
+        title: Arc::from(title),
+        run_id: Arc::from(run_id),
+        app_id: Arc::from(app.id.as_str()),
+        user_id: Arc::from(end_user_id),
+    }
+}
+
+/// A conversation's name made by the default model from its first query, as Dify makes it
+/// (`flowgate_engine::nodes::conversation_name`); `None` without a model or when the call fails
+/// (logged), where Dify keeps the name it had.
+pub async fn model_made_name(state: &Shared, app: &App, end_user_id: &str, conversation_id: &str, query: &str) -> Option<String> {
+    let model = state.engine.ports().model.clone()?;
+    let context = app_call_context(app, end_user_id, "conversation_name", "Conversation name", conversation_id);
+    let call = conversation_name::model_call(query, context);
+    match tokio::time::timeout(SUGGESTIONS_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
+        Ok(Ok(reply)) => Some(conversation_name::name(&reply.text, query)),
+        Ok(Err(error)) => {
+            tracing::warn!(app = %app.id, %error, "conversation name: the model call failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(app = %app.id, "conversation name: the model took longer than {SUGGESTIONS_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
+/// Dify's limit on one suggested-questions call (the naming call is held to it too).
 const SUGGESTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the feature is on: chatflows go by the truthiness of `enabled`; the basic editor's

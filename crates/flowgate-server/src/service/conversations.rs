@@ -10,7 +10,7 @@ use flowgate_engine::pyfmt::py_str;
 use flowgate_engine::value::Value;
 use flowgate_store::{Conversation, ConversationOrder, ConversationVariable, StoreError};
 
-use super::chat::{conversation_for, generated_name, require_chat_app};
+use super::chat::{conversation_for, generated_name, model_made_name, require_chat_app};
 use super::{Body, Params, Shared, required_user};
 use crate::api_error::ApiError;
 
@@ -93,7 +93,12 @@ pub async fn rename(
     let name = if auto_generate {
         let (first, _) = state.store.messages(&conversation.id, None, 1000).await?;
         let query = first.first().map(|message| message.query.clone()).unwrap_or_default();
-        generated_name(&query)
+        if state.engine.ports().model.is_some() {
+            // As in Dify, a failed model call keeps the name the conversation has.
+            model_made_name(&state, &app, &end_user_id, &conversation.id, &query).await.unwrap_or_else(|| conversation.name.clone())
+        } else {
+            generated_name(&query)
+        }
     } else {
         match body.get("name") {
             Some(Json_::String(name)) if !name.trim().is_empty() => name.trim().to_owned(),

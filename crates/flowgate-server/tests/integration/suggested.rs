@@ -1,7 +1,9 @@
-//! Suggested questions after an answer (`GET /v1/messages/{id}/suggested`) through
-//! `flowgate serve --models` in front of the mock upstream. The prompt expected below is the
-//! one Dify's `LLMGenerator.generate_suggested_questions_after_answer` builds: the latest three
-//! turns as `Human:`/`Assistant:` lines, Dify's instruction, then `questions:`.
+//! What the app asks a model for itself, through `flowgate serve --models` in front of the mock
+//! upstream: suggested questions after an answer (`GET /v1/messages/{id}/suggested`), whose
+//! expected prompt below is the one Dify's `LLMGenerator.generate_suggested_questions_after_answer`
+//! builds (the latest three turns as `Human:`/`Assistant:` lines, Dify's instruction, then
+//! `questions:`), and a conversation's generated name (`POST /v1/conversations/{id}/name`,
+//! Dify's `generate_conversation_name`).
 
 use flowgate_mock_upstream::{Behaviour, MockUpstream};
 use serde_json::{Value, json};
@@ -80,4 +82,43 @@ fn questions_after_an_answer_are_asked_of_the_default_model_as_dify_asks() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "app_suggested_questions_after_answer_disabled");
     assert_eq!(mock.received().len(), 3, "a refused request asks no model");
+}
+
+#[test]
+fn a_generated_conversation_name_is_the_models_output_or_the_name_it_had() {
+    let mock = MockUpstream::start().unwrap();
+    mock.script(
+        "up",
+        vec![
+            Behaviour::reply(
+                "```json\n{\"Language Type\": \"English\", \"Your Reasoning\": \"soup\", \"Your Output\": \"Cold soup 🍲\"}\n```",
+            ),
+            Behaviour::error(400, "invalid_request_error", "the model refused the prompt"),
+        ],
+    );
+    let deployment = Deployment::sqlite("conversation-name");
+    let models_file = models_file(&deployment, &mock);
+    let key = deployment.import(repo_root().join("tests/service/suggested-chatflow.yml").to_str().unwrap())["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = deployment.serve(&["--models", models_file.to_str().unwrap()]);
+    let body = json!({"query": "My soup\nis cold", "inputs": {}, "user": "ada", "response_mode": "blocking"});
+    let (status, answer) = http(&server.address, "POST", "/v1/chat-messages", Some(&key), Some(&body.to_string()));
+    assert_eq!(status, 200, "{answer}");
+    let conversation = serde_json::from_str::<Value>(&answer).unwrap()["conversation_id"].as_str().unwrap().to_owned();
+    let rename = || {
+        let body = json!({"auto_generate": true, "user": "ada"}).to_string();
+        let (status, body) = http(&server.address, "POST", &format!("/v1/conversations/{conversation}/name"), Some(&key), Some(&body));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["name"].clone()
+    };
+    assert_eq!(rename(), "Cold soup 🍲");
+    let prompt = mock.received()[0].body["messages"][0]["content"].as_str().unwrap().to_owned();
+    assert!(prompt.starts_with("You are asked to generate a concise chat title by decomposing the user’s input"), "{prompt}");
+    assert!(prompt.ends_with("\"Your Output\": \"<Intention + Subject>\"\n}\n\nUser Input:\nMy soup is cold\n"), "{prompt}");
+    assert_eq!(mock.received()[0].body["max_tokens"], 500);
+    // A failed call keeps the name, as in Dify.
+    assert_eq!(rename(), "Cold soup 🍲");
+    assert_eq!(mock.received().len(), 2);
 }
