@@ -20,7 +20,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value as Json_, json};
 use tokio::sync::OwnedSemaphorePermit;
@@ -421,6 +421,17 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/embeddings", post(openai_api::embeddings))
         .route("/v1/models", get(openai_api::models))
         .route("/metrics", get(metrics))
+        .route("/v1/audio-to-text", post(unsupported("speech to text (POST /v1/audio-to-text)")))
+        .route("/v1/text-to-audio", post(unsupported("text to speech (POST /v1/text-to-audio)")))
+        .route("/v1/files/{file_id}/preview", get(unsupported("file previews (GET /v1/files/{id}/preview)")))
+        .route("/v1/end-users/{end_user_id}", get(unsupported("end-user lookup (GET /v1/end-users/{id})")))
+        .route("/v1/apps/annotations", any(unsupported("annotations (/v1/apps/annotations)")))
+        .route("/v1/apps/annotations/{annotation_id}", any(unsupported("annotations (/v1/apps/annotations)")))
+        .route("/v1/apps/annotation-reply/{*rest}", any(unsupported("annotation replies (/v1/apps/annotation-reply)")))
+        .route("/v1/workflow/{task_id}/events", get(unsupported("human input and paused workflows (/v1/workflow/{task_id}/events)")))
+        .route("/v1/form/human_input/{form_token}", any(unsupported("human input forms (/v1/form/human_input)")))
+        .route("/v1/datasets", any(unsupported("the knowledge (dataset) API (/v1/datasets)")))
+        .route("/v1/datasets/{*rest}", any(unsupported("the knowledge (dataset) API (/v1/datasets)")))
         .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .fallback(not_found)
@@ -456,6 +467,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
         gateway.metrics().render(&mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// A Dify Service API route flowgate does not serve yet: a clear 501 naming the feature,
+/// rather than the 404 of a path Dify does not have.
+fn unsupported(feature: &'static str) -> impl Fn() -> std::future::Ready<ApiError> + Clone + Send + Sync + 'static {
+    move || std::future::ready(ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", format!("not supported yet: {feature}")))
 }
 
 async fn not_found() -> ApiError {

@@ -118,3 +118,30 @@ fn code_nodes_read_the_shared_folders_and_start_with_the_preloaded_modules() {
     assert_eq!(response["data"]["status"], "failed", "{response}");
     assert!(response["data"]["error"].as_str().unwrap().contains("PermissionError"), "{response}");
 }
+
+#[test]
+fn dify_routes_not_served_yet_say_so_by_name() {
+    let deployment = Deployment::sqlite("unsupported-routes");
+    let key = deployment.import("bench/workloads/bench2.yml")["api_key"].as_str().unwrap().to_owned();
+    let server = deployment.serve(&[]);
+    let routes = [
+        ("POST", "/v1/audio-to-text", "speech to text"),
+        ("POST", "/v1/text-to-audio", "text to speech"),
+        ("GET", "/v1/files/0b9c0f3e-0000-4000-8000-000000000001/preview?user=u", "file previews"),
+        ("GET", "/v1/end-users/0b9c0f3e-0000-4000-8000-000000000001", "end-user lookup"),
+        ("GET", "/v1/apps/annotations?page=1", "annotations"),
+        ("DELETE", "/v1/apps/annotations/0b9c0f3e-0000-4000-8000-000000000001", "annotations"),
+        ("POST", "/v1/apps/annotation-reply/enable", "annotation replies"),
+        ("GET", "/v1/workflow/task-1/events?user=u", "human input"),
+        ("POST", "/v1/datasets/ds-1/document/create-by-text", "the knowledge (dataset) API"),
+    ];
+    for (method, path, feature) in routes {
+        let (status, body) = http(&server.address, method, path, Some(&key), Some("{}"));
+        let body: Json = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, body["code"].as_str()), (501, Some("not_supported")), "{method} {path}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("not supported yet: {feature}")), "{method} {path}: {message}");
+    }
+    let (status, _) = http(&server.address, "GET", "/v1/no-such-route", Some(&key), None);
+    assert_eq!(status, 404, "a path Dify does not have stays a 404");
+}
