@@ -20,6 +20,22 @@ pub struct PortContext {
     pub user_id: Arc<str>,
 }
 
+#[cfg(test)]
+impl PortContext {
+    /// A context naming nothing, for tests of what a call carries.
+    pub(crate) fn blank() -> Self {
+        let blank: Arc<str> = Arc::from("");
+        Self {
+            node_id: blank.clone(),
+            node_type: blank.clone(),
+            title: blank.clone(),
+            run_id: blank.clone(),
+            app_id: blank.clone(),
+            user_id: blank,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortErrorKind {
     /// Refused by policy (an address the SSRF guard blocks, a limit).

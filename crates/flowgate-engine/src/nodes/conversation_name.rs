@@ -105,15 +105,7 @@ mod tests {
 
     #[test]
     fn the_prompt_carries_the_query_shortened_and_on_one_line() {
-        let blank: std::sync::Arc<str> = std::sync::Arc::from("");
-        let context = PortContext {
-            node_id: blank.clone(),
-            node_type: blank.clone(),
-            title: blank.clone(),
-            run_id: blank.clone(),
-            app_id: blank.clone(),
-            user_id: blank,
-        };
+        let context = PortContext::blank();
         let call = model_call("two\nlines", context.clone());
         assert!(call.messages[0].content.ends_with("User Input:\ntwo lines\n"), "{}", call.messages[0].content);
         assert_eq!(Json::Object(call.parameters), serde_json::json!({"max_tokens": 500, "temperature": 1}));

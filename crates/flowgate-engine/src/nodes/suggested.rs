@@ -166,15 +166,7 @@ mod tests {
 
     #[test]
     fn the_prompt_is_the_latest_turns_then_difys_instruction() {
-        let blank: std::sync::Arc<str> = std::sync::Arc::from("");
-        let context = PortContext {
-            node_id: blank.clone(),
-            node_type: blank.clone(),
-            title: blank.clone(),
-            run_id: blank.clone(),
-            app_id: blank.clone(),
-            user_id: blank,
-        };
+        let context = PortContext::blank();
         let history = [turn("first?", "one"), turn("second?", "two"), turn("third {{x}}?", "three <|endoftext|>"), turn("now?", "")];
         let call = model_call(&serde_json::json!({"enabled": true}), &history, context.clone());
         let expected =

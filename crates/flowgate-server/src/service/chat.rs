@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json_, json};
 
 use flowgate_engine::nodes::{conversation_name, suggested};
-use flowgate_engine::ports::PortContext;
+use flowgate_engine::ports::{ModelCall, ModelPort, PortContext};
 use flowgate_engine::value::Value;
 use flowgate_engine::{PastTurn, RunRequest, RunStatus};
 use flowgate_store::{App, Conversation, Message, NewMessage, StoreError};
@@ -389,17 +389,7 @@ pub async fn suggested(
             let run_id = message.workflow_run_id.as_deref().unwrap_or(message.id.as_str());
             let context = app_call_context(&app, &end_user_id, "suggested_questions", "Suggested questions", run_id);
             let call = suggested::model_call(&feature, &history, context);
-            match tokio::time::timeout(SUGGESTIONS_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
-                Ok(Ok(reply)) => suggested::questions(&reply.text),
-                Ok(Err(error)) => {
-                    tracing::warn!(app = %app.id, %error, "suggested questions: the model call failed");
-                    Vec::new()
-                }
-                Err(_) => {
-                    tracing::warn!(app = %app.id, "suggested questions: the model took longer than {SUGGESTIONS_TIMEOUT:?}");
-                    Vec::new()
-                }
-            }
+            ask_model(model.as_ref(), &app, call, "suggested questions").await.map(|text| suggested::questions(&text)).unwrap_or_default()
         }
     };
     Ok(Json(json!({"result": "success", "data": questions})))
@@ -424,21 +414,27 @@ pub async fn model_made_name(state: &Shared, app: &App, end_user_id: &str, conve
     let model = state.engine.ports().model.clone()?;
     let context = app_call_context(app, end_user_id, "conversation_name", "Conversation name", conversation_id);
     let call = conversation_name::model_call(query, context);
-    match tokio::time::timeout(SUGGESTIONS_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
-        Ok(Ok(reply)) => Some(conversation_name::name(&reply.text, query)),
+    ask_model(model.as_ref(), app, call, "conversation name").await.map(|text| conversation_name::name(&text, query))
+}
+
+/// Dify's limit on one suggested-questions call (the naming call is held to it too).
+const APP_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The text of a model call the app makes for itself, or `None` (logged, naming `purpose`)
+/// when it fails or takes longer than [`APP_CALL_TIMEOUT`].
+async fn ask_model(model: &dyn ModelPort, app: &App, call: ModelCall, purpose: &str) -> Option<String> {
+    match tokio::time::timeout(APP_CALL_TIMEOUT, model.invoke(call, Arc::new(|_: &str| {}))).await {
+        Ok(Ok(reply)) => Some(reply.text),
         Ok(Err(error)) => {
-            tracing::warn!(app = %app.id, %error, "conversation name: the model call failed");
+            tracing::warn!(app = %app.id, %error, "{purpose}: the model call failed");
             None
         }
         Err(_) => {
-            tracing::warn!(app = %app.id, "conversation name: the model took longer than {SUGGESTIONS_TIMEOUT:?}");
+            tracing::warn!(app = %app.id, "{purpose}: the model took longer than {APP_CALL_TIMEOUT:?}");
             None
         }
     }
 }
-
-/// Dify's limit on one suggested-questions call (the naming call is held to it too).
-const SUGGESTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the feature is on: chatflows go by the truthiness of `enabled`; the basic editor's
 /// apps are off only for an explicit `false` (or no setting), as Dify has always read them.
