@@ -102,8 +102,8 @@ impl Zygote {
             "read_paths": config.read_paths,
         });
         let hello = tokio::time::timeout(START_TIMEOUT, async {
-            zygote.write_frame(&setup).await?;
-            zygote.read_frame().await
+            zygote.write_json_frame(&setup).await?;
+            zygote.read_json_frame().await
         })
         .await
         .map_err(|_| start_error("it did not become ready in 30 s".into()))?
@@ -125,17 +125,24 @@ impl Zygote {
         Ok((zygote, protections))
     }
 
-    async fn write_frame(&mut self, value: &Json) -> std::io::Result<()> {
-        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-        let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("request too large"))?;
-        let mut frame = Vec::with_capacity(body.len() + 4);
-        frame.extend_from_slice(&length.to_be_bytes());
-        frame.extend_from_slice(&body);
-        self.stdin.write_all(&frame).await?;
+    /// Writes `parts` as consecutive frames, in one write.
+    async fn write_frames(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut frames = Vec::with_capacity(parts.iter().map(|part| part.len() + 4).sum());
+        for part in parts {
+            let length = u32::try_from(part.len()).map_err(|_| std::io::Error::other("request too large"))?;
+            frames.extend_from_slice(&length.to_be_bytes());
+            frames.extend_from_slice(part);
+        }
+        self.stdin.write_all(&frames).await?;
         self.stdin.flush().await
     }
 
-    async fn read_frame(&mut self) -> std::io::Result<Json> {
+    async fn write_json_frame(&mut self, value: &Json) -> std::io::Result<()> {
+        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        self.write_frames(&[&body]).await
+    }
+
+    async fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
         let mut header = [0u8; 4];
         self.stdout.read_exact(&mut header).await?;
         let length = u32::from_be_bytes(header) as usize;
@@ -144,7 +151,43 @@ impl Zygote {
         }
         let mut body = vec![0u8; length];
         self.stdout.read_exact(&mut body).await?;
-        serde_json::from_slice(&body).map_err(std::io::Error::other)
+        Ok(body)
+    }
+
+    async fn read_json_frame(&mut self) -> std::io::Result<Json> {
+        serde_json::from_slice(&self.read_frame().await?).map_err(std::io::Error::other)
+    }
+
+    /// One request (its limits, the code node's code, the rest) and its answer: what happened,
+    /// and the text that goes with it.
+    async fn exchange(&mut self, limits: &[u8], code: &str, rest: &[u8]) -> std::io::Result<Answer> {
+        self.write_frames(&[limits, code.as_bytes(), rest]).await?;
+        let outcome = self.read_json_frame().await?;
+        let text = String::from_utf8_lossy(&self.read_frame().await?).into_owned();
+        Ok(Answer { outcome, text })
+    }
+}
+
+/// A zygote's answer: `{"ok"|"script": true}` or `{"error": kind}` (with `elapsed_ms`), and the
+/// text: the result's JSON, the program's report, the traceback, or why there is none.
+struct Answer {
+    outcome: Json,
+    text: String,
+}
+
+impl Answer {
+    fn is(&self, key: &str) -> bool {
+        self.outcome.get(key).and_then(Json::as_bool) == Some(true)
+    }
+
+    fn failure(self) -> PortError {
+        let kind = match self.outcome.get("error").and_then(Json::as_str) {
+            Some("timeout") => PortErrorKind::Timeout,
+            Some("memory" | "output") => PortErrorKind::TooLarge,
+            _ => PortErrorKind::Other,
+        };
+        let message = if self.text.is_empty() { "the code failed".to_owned() } else { self.text };
+        PortError::new(kind, message)
     }
 }
 
@@ -192,36 +235,24 @@ impl PythonPool {
 
     /// Runs `main(**inputs)` in a fresh child of a free zygote.
     pub async fn execute(&self, code: &str, inputs: &Map) -> Result<Map, PortError> {
-        let request = json!({
-            "code": code,
-            "inputs": MapRef(inputs),
-            "timeout_ms": self.config.timeout.as_millis() as u64,
-            "memory_bytes": self.config.memory_bytes,
-            "network": self.config.network,
-        });
-        let response = self.exchange(&request).await?;
-        if let Some(text) = response.get("ok").and_then(Json::as_str) {
-            return crate::result::outputs(text).map_err(|message| PortError::new(PortErrorKind::Other, message));
+        let rest = json!({ "inputs": MapRef(inputs) });
+        let answer = self.exchange(self.config.network, code, &rest).await?;
+        if answer.is("ok") {
+            return crate::result::outputs(&answer.text).map_err(|message| PortError::new(PortErrorKind::Other, message));
         }
-        Err(failure(&response))
+        Err(answer.failure())
     }
 
     /// Runs a whole program, as dify-sandbox does, and reports what it printed and its exit
     /// status. `network` is granted only when the sandbox allows code network at all.
     pub async fn run_script(&self, code: &str, preload: &str, network: bool) -> Result<ScriptOutput, PortError> {
-        let request = json!({
-            "mode": "script",
-            "code": code,
-            "preload": preload,
-            "timeout_ms": self.config.timeout.as_millis() as u64,
-            "memory_bytes": self.config.memory_bytes,
-            "network": network && self.config.network,
-        });
-        let response = self.exchange(&request).await?;
-        let Some(text) = response.get("script").and_then(Json::as_str) else {
-            return Err(failure(&response));
-        };
-        let report: Json = serde_json::from_str(text).map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
+        // A program's code travels in the rest: only a code node's code is compiled ahead.
+        let rest = json!({ "mode": "script", "code": code, "preload": preload });
+        let answer = self.exchange(network && self.config.network, "", &rest).await?;
+        if !answer.is("script") {
+            return Err(answer.failure());
+        }
+        let report: Json = serde_json::from_str(&answer.text).map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
         let field = |name: &str| report.get(name).and_then(Json::as_str).unwrap_or_default().to_owned();
         Ok(ScriptOutput {
             stdout: field("stdout"),
@@ -232,7 +263,16 @@ impl PythonPool {
 
     /// One request to a free zygote, started first if its slot is empty; a zygote that fails to
     /// answer is discarded.
-    async fn exchange(&self, request: &Json) -> Result<Json, PortError> {
+    async fn exchange(&self, network: bool, code: &str, rest: &Json) -> Result<Answer, PortError> {
+        let limits = json!({
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "memory_bytes": self.config.memory_bytes,
+            "network": network,
+        });
+        let (limits, rest) = match (serde_json::to_vec(&limits), serde_json::to_vec(rest)) {
+            (Ok(limits), Ok(rest)) => (limits, rest),
+            (Err(error), _) | (_, Err(error)) => return Err(PortError::new(PortErrorKind::Other, error.to_string())),
+        };
         let _permit = self.free.acquire().await.map_err(|_| PortError::new(PortErrorKind::Other, "the sandbox is shutting down"))?;
         // The permit guarantees a free slot.
         let mut slot = None;
@@ -256,13 +296,7 @@ impl PythonPool {
             *slot = Some(zygote);
         }
         let answer = match slot.as_mut() {
-            Some(zygote) => {
-                tokio::time::timeout(self.config.timeout + REPORT_GRACE, async {
-                    zygote.write_frame(request).await?;
-                    zygote.read_frame().await
-                })
-                .await
-            }
+            Some(zygote) => tokio::time::timeout(self.config.timeout + REPORT_GRACE, zygote.exchange(&limits, code, &rest)).await,
             None => return Err(PortError::new(PortErrorKind::Other, "no sandbox worker")),
         };
         match answer {
@@ -285,16 +319,6 @@ pub struct ScriptOutput {
     pub stdout: String,
     pub stderr: String,
     pub exit_code: i64,
-}
-
-fn failure(response: &Json) -> PortError {
-    let message = response.get("message").and_then(Json::as_str).unwrap_or("the code failed").to_owned();
-    let kind = match response.get("error").and_then(Json::as_str) {
-        Some("timeout") => PortErrorKind::Timeout,
-        Some("memory" | "output") => PortErrorKind::TooLarge,
-        _ => PortErrorKind::Other,
-    };
-    PortError::new(kind, message)
 }
 
 async fn discard(slot: &mut Option<Zygote>) {

@@ -1,11 +1,19 @@
 """flowgate's Python zygote: a warm interpreter that forks one locked-down child per execution.
 
 The server starts it with an empty environment and talks to it over stdin/stdout in frames (a
-4-byte big-endian length, then UTF-8 JSON). The first frame configures it; it answers with the
-protections this kernel offers. Then each request frame runs one `main(**inputs)` in a fresh
-child and gets one response frame. The child for the next request is forked and locked down
-while the zygote waits for it, so neither cost falls on the request. The zygote itself never runs user code, so no execution can
-see another's data.
+4-byte big-endian length, then the bytes). The first frame (JSON) configures it; it answers with
+the protections this kernel offers. Then each request is three frames: its limits (JSON), the
+code of a code node (empty for a whole program) and the rest of the request (JSON). The zygote
+reads only the first two and hands the last two, unparsed, to a fresh child. Each answer is two
+frames: what happened (JSON) and the child's text (its JSON result, its program's report or its
+traceback). The child for the next request is forked and locked down while the zygote waits for
+it, so neither cost falls on the request. The zygote itself never runs user code, so no
+execution can see another's data.
+
+Every page the zygote or a child writes after a fork costs a page fault, and on this path faults
+are most of the time an execution takes; so what can be prepared once (the environment, the
+seccomp programs, the landlock rules, compiled code) is prepared in the zygote, and the zygote
+does not parse what it only passes on.
 
 In the child, before user code: a new session, stdio to /dev/null, a private scratch directory,
 rlimits, root's privileges dropped, no_new_privs, a landlock ruleset (read-only system and Python
@@ -69,25 +77,43 @@ SYS_CAPSET = 126
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
-def read_exact(stream, size):
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
+def read_exact(fd, size):
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    while size > len(data):
+        if not data:
             raise EOFError
-        data += chunk
-    return data
+        size -= len(data)
+        data = os.read(fd, size)
+        parts.append(data)
+    return b"".join(parts)
 
 
-def read_frame():
-    (size,) = struct.unpack(">I", read_exact(sys.stdin.buffer, 4))
-    return json.loads(read_exact(sys.stdin.buffer, size))
+def read_frame(fd=0):
+    """A frame's bytes, without its length."""
+    return read_exact(fd, struct.unpack(">I", read_exact(fd, 4))[0])
 
 
-def write_frame(value):
-    data = json.dumps(value).encode("utf-8")
-    sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
-    sys.stdout.buffer.flush()
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def frame(data):
+    return struct.pack(">I", len(data)) + data
+
+
+def write_json_frame(value):
+    write_all(1, frame(json.dumps(value).encode("utf-8")))
+
+
+def write_answer(outcome, text=b""):
+    write_all(1, frame(json.dumps(outcome).encode("utf-8")) + struct.pack(">I", len(text)))
+    if text:
+        write_all(1, text)
 
 
 # --- seccomp --------------------------------------------------------------------------------
@@ -168,20 +194,27 @@ def seccomp_program(network):
     return b"".join(struct.pack("<HBBI", *instruction) for instruction in program), pid_slots
 
 
-# Assembled once; a child only writes its pid into them.
-SECCOMP_PROGRAMS = {network: seccomp_program(network) for network in (False, True)}
 
 
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install_seccomp(network):
-    program, pid_slots = SECCOMP_PROGRAMS[network]
+def prepared_seccomp(network):
+    program, pid_slots = seccomp_program(network)
     buffer = ctypes.create_string_buffer(program, len(program))
+    return buffer, pid_slots, SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+
+
+# Assembled once; a child only writes its pid into its own copy.
+SECCOMP_PROGRAMS = {network: prepared_seccomp(network) for network in (False, True)}
+
+
+def install_seccomp(network):
+    buffer, pid_slots, fprog = SECCOMP_PROGRAMS[network]
+    pid = os.getpid()
     for offset in pid_slots:
-        struct.pack_into("<I", buffer, offset, os.getpid())
-    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+        struct.pack_into("<I", buffer, offset, pid)
     if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter refused")
 
@@ -214,35 +247,58 @@ def handled_fs(abi):
     return handled
 
 
-def install_landlock(abi, read_paths, write_paths, network):
-    handled = handled_fs(abi)
-    fields = [handled]
-    if abi >= 4:
-        fields.append(0 if network else 0b11)  # bind and connect TCP: refused when no network
-    if abi >= 6:
-        fields.append(0b11)  # abstract unix sockets and signals outside this sandbox
-    attr = struct.pack("<" + "Q" * len(fields), *fields)
-    ruleset = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock ruleset refused")
-    try:
-        for paths, access in ((read_paths, FS_READ), (write_paths, handled)):
+class Landlock:
+    """The rules every child gets, prepared once: a packed rule per read path, whose O_PATH
+    descriptor stays open in the zygote (a child closes it before user code runs). Only the
+    child's own scratch directory is added per child, in the zygote before the fork."""
+
+    def __init__(self, abi, read_paths):
+        self.handled = handled_fs(abi)
+        file_rights = FS_FILE | (1 << 14) | (1 << 15)
+        self.attributes = {}
+        for network in (False, True):
+            fields = [self.handled]
+            if abi >= 4:
+                fields.append(0 if network else 0b11)  # bind and connect TCP: refused when no network
+            if abi >= 6:
+                fields.append(0b11)  # abstract unix sockets and signals outside this sandbox
+            self.attributes[network] = struct.pack("<" + "Q" * len(fields), *fields)
+        self.rules = []
+        for paths, access in ((read_paths, FS_READ), (["/dev/null"], self.handled)):
             for path in paths:
                 try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
                 except OSError:
                     continue
-                try:
-                    allowed = access if os.path.isdir(path) else access & (FS_FILE | (1 << 14) | (1 << 15)) & handled
-                    rule = struct.pack("<Qi", allowed, fd)
-                    if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:
-                        raise OSError(ctypes.get_errno(), f"landlock rule for {path} refused")
-                finally:
-                    os.close(fd)
-        if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock restrict_self refused")
-    finally:
-        os.close(ruleset)
+                allowed = access if os.path.isdir(path) else access & file_rights & self.handled
+                self.rules.append((path, struct.pack("<Qi", allowed, fd)))
+
+    def ruleset(self, scratch, network):
+        """A new ruleset descriptor: the prepared rules and `scratch` read-write."""
+        attributes = self.attributes[network]
+        ruleset = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, attributes, ctypes.c_size_t(len(attributes)), ctypes.c_uint32(0))
+        if ruleset < 0:
+            raise OSError(ctypes.get_errno(), "landlock ruleset refused")
+        try:
+            for path, rule in self.rules:
+                if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:
+                    raise OSError(ctypes.get_errno(), f"landlock rule for {path} refused")
+            fd = os.open(scratch, os.O_PATH | os.O_CLOEXEC)
+            try:
+                if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, struct.pack("<Qi", self.handled, fd), 0) != 0:
+                    raise OSError(ctypes.get_errno(), f"landlock rule for {scratch} refused")
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.close(ruleset)
+            raise
+        return ruleset
+
+
+def restrict_to(ruleset):
+    if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+        raise OSError(ctypes.get_errno(), "landlock restrict_self refused")
+    os.close(ruleset)
 
 
 def python_paths():
@@ -315,21 +371,25 @@ def drop_privileges(plan, scratch):
 # --- one execution --------------------------------------------------------------------------
 
 
-def lock_down(config, limits, scratch, abi, keep):
+# The environment user code sees, set in the zygote once its modules are imported; a child adds
+# HOME and TMPDIR (its scratch directory).
+CHILD_ENVIRONMENT = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+DEV_NULL = os.open("/dev/null", os.O_RDWR)
+
+
+def lock_down(config, limits, scratch, ruleset, keep):
     os.setsid()
-    null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-    # Nothing of the zygote's stays open but this child's two pipes.
+        os.dup2(DEV_NULL, fd)
+    # Nothing of the zygote's stays open but this child's pipes and landlock ruleset.
     low = 3
-    for fd in sorted(keep):
+    for fd in sorted(fd for fd in keep if fd >= 0):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 16)
     os.chdir(scratch)
-    os.environ.clear()
-    os.environ.update({"HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+    os.environ["HOME"] = scratch
+    os.environ["TMPDIR"] = scratch
     seconds = max(1, -(-limits["timeout_ms"] // 1000))
     rlimits = [
         (resource.RLIMIT_CPU, (seconds, seconds + 1)),
@@ -345,8 +405,8 @@ def lock_down(config, limits, scratch, abi, keep):
     drop_privileges(config["privileges"], scratch)
     if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs refused")
-    if abi:
-        install_landlock(abi, config["read_paths"], [scratch, "/dev/null"], limits["network"])
+    if ruleset >= 0:
+        restrict_to(ruleset)
     if config["seccomp"]:
         install_seccomp(limits["network"])
 
@@ -359,32 +419,40 @@ def user_traceback(error):
     return "".join(traceback.format_exception(type(error), error, trace)).rstrip("\n")
 
 
-def read_request(fd):
-    """The request a waiting child is sent: a 4-byte big-endian length, then JSON."""
-    def exact(size):
-        data = bytearray()
-        while len(data) < size:
-            chunk = os.read(fd, size - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return bytes(data)
-
-    (size,) = struct.unpack(">I", exact(4))
-    return json.loads(exact(size))
+# Code nodes' code, compiled by the zygote after it first ran (so later children start with it),
+# keyed by its exact UTF-8 text. Code objects are immutable; a child executes its own copy.
+COMPILED = {}
+COMPILED_MAX_SOURCE = 64 * 1024
+COMPILED_MAX_ENTRIES = 64
 
 
-def child(config, limits, scratch, abi, request_fd, result_fd):
+def remember_compiled(source):
+    """Compiles a code node's code in the zygote, which runs nothing of it. The size cap bounds
+    what compiling untrusted text can cost; what does not compile is left to the child."""
+    if not source or len(source) > COMPILED_MAX_SOURCE or source in COMPILED:
+        return
+    try:
+        compiled = compile(source.decode("utf-8"), "<code>", "exec", dont_inherit=True)
+    except BaseException:  # noqa: BLE001 - the child compiles it again and reports the error
+        return
+    while len(COMPILED) >= COMPILED_MAX_ENTRIES:
+        del COMPILED[next(iter(COMPILED))]
+    COMPILED[source] = compiled
+    gc.freeze()
+
+
+def child(config, limits, scratch, ruleset, request_fd, result_fd):
     """Locks down, then waits for its one request (the zygote forks it ahead of time)."""
     status = 0
     try:
         try:
-            lock_down(config, limits, scratch, abi, (request_fd, result_fd))
+            lock_down(config, limits, scratch, ruleset, (request_fd, result_fd, ruleset))
         except Exception as error:
             os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
             os._exit(3)
         try:
-            request = read_request(request_fd)
+            source = read_frame(request_fd)
+            request = json.loads(read_frame(request_fd))
         except EOFError:
             os._exit(0)
         os.close(request_fd)
@@ -393,7 +461,10 @@ def child(config, limits, scratch, abi, request_fd, result_fd):
         inputs = request["inputs"]
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         try:
-            exec(compile(request["code"], "<code>", "exec"), namespace)
+            compiled = COMPILED.get(source)
+            if compiled is None:
+                compiled = compile(source.decode("utf-8"), "<code>", "exec", dont_inherit=True)
+            exec(compiled, namespace)
             main = namespace.get("main")
             if not callable(main):
                 raise NameError("name 'main' is not defined")
@@ -404,10 +475,7 @@ def child(config, limits, scratch, abi, request_fd, result_fd):
             payload = b"M"
         except BaseException as error:  # SystemExit and KeyboardInterrupt are user errors too
             payload = b"E" + user_traceback(error).encode("utf-8", "replace")
-        view = memoryview(payload)
-        while view:
-            written = os.write(result_fd, view)
-            view = view[written:]
+        write_all(result_fd, payload)
         # The zygote answers at end of file; tearing this process down can happen after.
         os.close(result_fd)
     except BaseException:
@@ -456,15 +524,17 @@ def run_script(request, result_fd):
         stderr.write(user_traceback(error) + "\n")
         exit_code = 1
     text = json.dumps({"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "exit_code": exit_code}, ensure_ascii=False)
-    payload = memoryview(b"P" + text.encode("utf-8", "surrogatepass"))
-    while payload:
-        written = os.write(result_fd, payload)
-        payload = payload[written:]
+    write_all(result_fd, b"P" + text.encode("utf-8", "surrogatepass"))
     os.close(result_fd)
     os._exit(0)
 
 
 def remove_tree(path):
+    try:
+        os.rmdir(path)  # most code writes nothing
+        return
+    except OSError:
+        pass
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             try:
@@ -490,42 +560,35 @@ class Waiting:
     """A child forked and locked down before its request arrives, so a request pays for
     neither; it has run nothing and sees nothing but its scratch directory."""
 
-    def __init__(self, config, limits, abi, counter):
+    def __init__(self, config, limits, landlock, counter):
         self.limits = limits
+        # Whether the child is reaped or queued to be (`run`); otherwise `discard` ends it.
+        self.collected = False
         self.scratch = os.path.join(config["scratch"], f"x{os.getpid()}-{counter}")
         os.mkdir(self.scratch, 0o700)
+        ruleset = landlock.ruleset(self.scratch, limits["network"]) if landlock else -1
         request_read, self.request_fd = os.pipe()
         self.result_fd, result_write = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
             os.close(self.request_fd)
             os.close(self.result_fd)
-            child(config, limits, self.scratch, abi, request_read, result_write)
+            child(config, limits, self.scratch, ruleset, request_read, result_write)
         os.close(request_read)
         os.close(result_write)
+        if ruleset >= 0:
+            os.close(ruleset)
 
     def discard(self):
         for fd in (self.request_fd, self.result_fd):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         os.waitpid(self.pid, 0)
         remove_tree(self.scratch)
-
-
-def send(waiting, request):
-    data = json.dumps(request).encode("utf-8")
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        written = os.write(waiting.request_fd, view)
-        view = view[written:]
-    os.close(waiting.request_fd)
-    waiting.request_fd = -1
 
 
 def reap(exited):
@@ -537,19 +600,23 @@ def reap(exited):
         remove_tree(scratch)
 
 
-def run(waiting, request, later):
-    """Hands `request` to the waiting child and collects its result within the deadline. A
-    child that reported a result is reaped after the answer is sent (`later`)."""
+def run(waiting, limits, request, later):
+    """Hands `request` (the code and rest frames, as they came) to the waiting child and
+    collects its result within the deadline. Answers with what happened and a text: the
+    child's result, report or traceback, or why it has none. A child that reported is reaped
+    after the answer is sent (`later`)."""
     started = time.monotonic()
-    send(waiting, request)
+    write_all(waiting.request_fd, request)
+    os.close(waiting.request_fd)
+    waiting.request_fd = -1
     read_end, pid, scratch = waiting.result_fd, waiting.pid, waiting.scratch
-    deadline = started + request["timeout_ms"] / 1000
+    deadline = started + limits["timeout_ms"] / 1000
     chunks, size, outcome = [], 0, None
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                outcome = {"error": "timeout", "message": f"Code execution timed out after {request['timeout_ms'] / 1000:g} s and was stopped."}
+                outcome = "timeout", f"Code execution timed out after {limits['timeout_ms'] / 1000:g} s and was stopped."
                 break
             ready, _, _ = select.select([read_end], [], [], remaining)
             if not ready:
@@ -559,18 +626,19 @@ def run(waiting, request, later):
                 break
             size += len(chunk)
             if size > MAX_RESULT_BYTES:
-                outcome = {"error": "output", "message": f"Code output is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB."}
+                outcome = "output", f"Code output is larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB."
                 break
             chunks.append(chunk)
     finally:
         os.close(read_end)
+        waiting.result_fd = -1
         if outcome is not None:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     payload = b"".join(chunks)
-    kind, body = payload[:1], payload[1:].decode("utf-8", "replace")
+    kind, text = payload[:1], payload[1:]
     elapsed_ms = (time.monotonic() - started) * 1000
     if outcome is None and kind in (b"R", b"P", b"E", b"M", b"S"):
         later.append((pid, scratch))
@@ -578,37 +646,43 @@ def run(waiting, request, later):
     else:
         _, status = os.waitpid(pid, 0)
         remove_tree(scratch)
-    if outcome is not None:
-        return {**outcome, "elapsed_ms": elapsed_ms}
-    if kind == b"R":
-        return {"ok": body, "elapsed_ms": elapsed_ms}
-    if kind == b"P":
-        return {"script": body, "elapsed_ms": elapsed_ms}
-    if kind == b"E":
-        return {"error": "exception", "message": body, "elapsed_ms": elapsed_ms}
+    waiting.collected = True
+    if outcome is None:
+        outcome = outcome_of(kind, payload, status, limits)
+    if outcome is None:
+        return {{b"R": "ok", b"P": "script", b"E": "exception", b"S": "sandbox"}[kind]: True, "elapsed_ms": elapsed_ms}, text
+    error, message = outcome
+    return {"error": error, "elapsed_ms": elapsed_ms}, message.encode("utf-8")
+
+
+def outcome_of(kind, payload, status, limits):
+    """Why a child has no text to report, or None when it has."""
+    if kind in (b"R", b"P", b"E", b"S"):
+        return None
     if kind == b"M" or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV and not payload):
-        return {"error": "memory", "message": f"Code ran out of memory (limit {request['memory_bytes'] // (1024 * 1024)} MiB).", "elapsed_ms": elapsed_ms}
-    if kind == b"S":
-        return {"error": "sandbox", "message": body, "elapsed_ms": elapsed_ms}
+        return "memory", f"Code ran out of memory (limit {limits['memory_bytes'] // (1024 * 1024)} MiB)."
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-        return {"error": "timeout", "message": "Code used more CPU time than its limit and was stopped.", "elapsed_ms": elapsed_ms}
+        return "timeout", "Code used more CPU time than its limit and was stopped."
     if os.WIFSIGNALED(status):
-        return {"error": "exit", "message": f"Code was killed by signal {os.WTERMSIG(status)}.", "elapsed_ms": elapsed_ms}
-    return {"error": "exit", "message": f"Code exited with status {os.waitstatus_to_exitcode(status)} without a result.", "elapsed_ms": elapsed_ms}
+        return "exit", f"Code was killed by signal {os.WTERMSIG(status)}."
+    return "exit", f"Code exited with status {os.waitstatus_to_exitcode(status)} without a result."
 
 
 def main():
-    config = read_frame()
+    config = json.loads(read_frame())
     preload(PRELOAD + (PRELOAD_WITH_NETWORK if config.get("network") else []))
     preload_failures = preload_configured(config.get("preload", []))
     config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("read_paths", [])
     config["privileges"] = privilege_plan()
     abi = landlock_abi() if config.get("landlock", True) else 0
+    landlock = Landlock(abi, config["read_paths"]) if abi else None
     config["seccomp"] = config.get("seccomp", True) and seccomp_available()
     probe_dir = os.path.join(config["scratch"], f"probe{os.getpid()}")
     os.makedirs(probe_dir, exist_ok=True)
     os.rmdir(probe_dir)
-    write_frame({
+    os.environ.clear()
+    os.environ.update(CHILD_ENVIRONMENT)
+    write_json_frame({
         "ready": True,
         "python": sys.version.split()[0],
         "landlock_abi": abi,
@@ -618,35 +692,42 @@ def main():
     })
     gc.freeze()
     counter = 1
-    limits = limits_of(config)
-    waiting = Waiting(config, limits, abi, counter)
+    waiting = Waiting(config, limits_of(config), landlock, counter)
     later = []
     while True:
         try:
-            request = read_frame()
+            limits = read_frame()
+            source = read_frame()
+            rest = read_frame()
         except EOFError:
             waiting.discard()
             reap(later)
             return
+        request = frame(source) + frame(rest)
         try:
-            if limits_of(request) != waiting.limits:
+            limits = limits_of(json.loads(limits))
+            if limits != waiting.limits:
                 waiting.discard()
                 counter += 1
-                waiting = Waiting(config, limits_of(request), abi, counter)
+                waiting = Waiting(config, limits, landlock, counter)
             try:
-                response = run(waiting, request, later)
+                answer = run(waiting, limits, request, later)
             except BrokenPipeError:
                 # The waiting child died before its request (killed from outside): a fresh one.
                 waiting.discard()
                 counter += 1
-                waiting = Waiting(config, limits_of(request), abi, counter)
-                response = run(waiting, request, later)
+                waiting = Waiting(config, limits, landlock, counter)
+                answer = run(waiting, limits, request, later)
         except Exception as error:
-            response = {"error": "sandbox", "message": f"the sandbox failed: {error}", "elapsed_ms": 0}
-        write_frame(response)
+            if not waiting.collected:
+                waiting.discard()
+            limits = waiting.limits
+            answer = {"error": "sandbox", "elapsed_ms": 0}, f"the sandbox failed: {error}".encode("utf-8", "replace")
+        write_answer(*answer)
         reap(later)
+        remember_compiled(source)
         counter += 1
-        waiting = Waiting(config, limits_of(request), abi, counter)
+        waiting = Waiting(config, limits, landlock, counter)
 
 
 if __name__ == "__main__":

@@ -193,12 +193,37 @@ async fn signals_cannot_reach_the_zygote_or_anyone_else() {
 #[tokio::test]
 async fn executions_never_see_each_others_state() {
     let sandbox = sandbox("state").await;
-    let code = "import json\nSEEN = []\ndef main():\n    json.leak = 'secret'\n    SEEN.append(1)\n    return {'result': len(SEEN)}";
-    assert_eq!(output(&sandbox, code).await, Value::Int(1));
+    // The zygote compiles a code node's code after its first run, so from the second run on a
+    // child starts from that compiled code: its globals must still start empty every time.
+    let code = "import json\nSEEN = []\ndef main():\n    json.leak = 'secret'\n    SEEN.append(1)\n    main.__code__ = (lambda: {'result': 'tampered'}).__code__\n    return {'result': len(SEEN)}";
+    for _ in 0..4 {
+        assert_eq!(output(&sandbox, code).await, Value::Int(1));
+    }
     let code = "import json\ndef main():\n    return {'result': hasattr(json, 'leak')}";
     for _ in 0..4 {
         assert_eq!(output(&sandbox, code).await, Value::Bool(false));
     }
+}
+
+#[tokio::test]
+async fn compiled_code_is_only_ever_the_exact_code_that_was_sent() {
+    let sandbox = sandbox("compiled").await;
+    let code = |answer: &str| format!("def main():\n    return {{'result': {answer}}}");
+    for _ in 0..3 {
+        assert_eq!(output(&sandbox, &code("41")).await, Value::Int(41));
+    }
+    // One byte changed, the same length: the new code runs.
+    assert_eq!(output(&sandbox, &code("42")).await, Value::Int(42));
+    assert_eq!(output(&sandbox, &code("41")).await, Value::Int(41));
+    // Code that does not compile is compiled by each child and reported each time.
+    for _ in 0..2 {
+        let (_, message) = run(&sandbox, "def main(:\n    return {}").await.unwrap_err();
+        assert!(message.contains("SyntaxError"), "{message}");
+    }
+    // Source the parser cannot handle leaves the zygote working.
+    let (kind, _) = run(&sandbox, &format!("def main():\n    return {{'result': {}1}}", "-".repeat(60_000))).await.unwrap_err();
+    assert_eq!(kind, PortErrorKind::TooLarge);
+    still_healthy(&sandbox).await;
 }
 
 #[tokio::test]
