@@ -219,6 +219,10 @@ fn report(name: &str, mut latencies: Vec<Duration>, wall: Duration) {
 }
 
 fn main() {
+    // The JavaScript workers of the sandbox under test are this binary too.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == flowgate_sandbox::JAVASCRIPT_WORKER_ARG) {
+        std::process::exit(if flowgate_sandbox::javascript_worker_main() == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+    }
     let options = match options() {
         Ok(options) => options,
         Err(error) => {

@@ -2,7 +2,10 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +15,7 @@ use tokio::sync::{Mutex, Semaphore};
 use flowgate_engine::ports::{PortError, PortErrorKind};
 use flowgate_engine::value::{Map, MapRef};
 
-use crate::{IsolationPolicy, SandboxConfig, SandboxError};
+use crate::{IsolationPolicy, SandboxConfig, SandboxError, seccomp};
 
 const ZYGOTE_SOURCE: &str = include_str!("zygote.py");
 /// A frame larger than this is a broken zygote (results are capped at 64 MiB inside).
@@ -28,15 +31,31 @@ pub struct Protections {
     pub python_version: String,
     /// 0 when landlock is not available.
     pub landlock_abi: u32,
+    /// Whether the seccomp allow-list is installed in every child.
     pub seccomp: bool,
-    /// `uid 65534`, `capabilities` (root kept its uid but lost every capability) or `not root`.
+    /// Who the code runs as: `uid 65534 (nobody) in its own user namespace`, or without
+    /// namespaces `uid 65534`, `capabilities` (root kept its uid but lost every capability) or
+    /// `not root`.
     pub privileges: String,
+    /// The namespaces each execution gets of its own (`user`, `pid`, `mount`, `ipc`, `uts`, and
+    /// `net` unless code may use the network); empty when the kernel or the user refuses them.
+    pub namespaces: Vec<String>,
+    /// `v1 cpu,memory,pids` or `v2 …` when each execution has a cgroup of its own; empty when
+    /// rlimits alone bound it.
+    pub cgroups: String,
+    /// What is off, and why (`namespaces`: `not root`, …).
+    pub off: Vec<(String, String)>,
+    /// The paths code may read (the rest of the host's file system does not exist for it).
+    pub read_paths: Vec<String>,
+    /// Whether code may open sockets.
+    pub network: bool,
     /// The configured preload modules that failed to import, each with why.
     pub preload_failures: Vec<String>,
 }
 
 impl Protections {
-    /// The protections that are missing, by name; empty when all are active.
+    /// The protections `FLOWGATE_CODE_ISOLATION=required` needs that are missing, by name;
+    /// empty when all are active.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if !self.seccomp {
@@ -45,18 +64,82 @@ impl Protections {
         if self.landlock_abi == 0 {
             missing.push("landlock");
         }
+        let mut wanted = vec!["user", "pid", "mount", "ipc"];
+        if !self.network {
+            wanted.push("net");
+        }
+        if !wanted.iter().all(|name| self.namespaces.iter().any(|have| have == name)) {
+            missing.push("namespaces");
+        }
         missing
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "Python {}: seccomp {}, landlock {}, privileges {}, no_new_privs on, rlimits on",
+        let namespaces = if self.namespaces.is_empty() { "OFF".to_owned() } else { self.namespaces.join(",") };
+        let cgroups = if self.cgroups.is_empty() { "OFF (rlimits only)".to_owned() } else { self.cgroups.clone() };
+        let mut text = format!(
+            "Python {}: namespaces {namespaces}, {}, seccomp {}, landlock {}, cgroups {cgroups}, rlimits on, no_new_privs on, {} read paths, network {}",
             self.python_version,
-            if self.seccomp { "on" } else { "OFF" },
-            if self.landlock_abi > 0 { format!("on (ABI {})", self.landlock_abi) } else { "OFF".into() },
             self.privileges,
-        )
+            if self.seccomp { "allow-list" } else { "OFF" },
+            if self.landlock_abi > 0 { format!("on (ABI {})", self.landlock_abi) } else { "OFF".into() },
+            self.read_paths.len(),
+            if self.network { "ON" } else { "off" },
+        );
+        for (what, why) in &self.off {
+            text.push_str(&format!("; {what} off: {why}"));
+        }
+        text
     }
+}
+
+/// The parts of a zygote's configuration that are the same for every zygote of a pool: the
+/// seccomp programs, and the numbers of the calls the zygote makes itself.
+fn zygote_setup(config: &SandboxConfig) -> Json {
+    let encode = |program: &seccomp::Program| json!({"program": base64::engine::general_purpose::STANDARD.encode(&program.bytes), "own_pid_slots": program.own_pid_slots});
+    let compiled = |network: bool| -> Option<Json> {
+        let policy = seccomp::python_policy(network);
+        Some(json!({
+            "errno": encode(&seccomp::compile(&policy, seccomp::Refusal::Errno)?),
+            "notify": encode(&seccomp::compile(&policy, seccomp::Refusal::Notify)?),
+        }))
+    };
+    let seccomp = match (config.seccomp, compiled(false), compiled(true)) {
+        (true, Some(offline), Some(online)) => json!({
+            "offline": offline,
+            "online": online,
+            "names": seccomp::names().map(|(number, name)| (number.to_string(), Json::from(name))).collect::<serde_json::Map<_, _>>(),
+        }),
+        _ => Json::Null,
+    };
+    let syscalls: serde_json::Map<String, Json> = [
+        "pivot_root",
+        "capset",
+        "seccomp",
+        "pidfd_getfd",
+        "ptrace",
+        "landlock_create_ruleset",
+        "landlock_add_rule",
+        "landlock_restrict_self",
+    ]
+    .into_iter()
+    .filter_map(|name| Some((name.to_owned(), Json::from(seccomp::number_of(name)?))))
+    .collect();
+    json!({
+        "scratch": config.scratch,
+        "max_file_bytes": config.max_file_bytes,
+        "network": config.network,
+        "timeout_ms": config.timeout.as_millis() as u64,
+        "memory_bytes": config.memory_bytes,
+        "seccomp": seccomp,
+        "landlock": config.landlock && seccomp::number_of("landlock_create_ruleset").is_some(),
+        "namespaces": config.namespaces,
+        "cgroups": config.cgroups,
+        "cgroup_parent": config.cgroup_parent,
+        "preload": config.preload,
+        "read_paths": config.read_paths,
+        "syscalls": syscalls,
+    })
 }
 
 struct Zygote {
@@ -66,7 +149,7 @@ struct Zygote {
 }
 
 impl Zygote {
-    async fn spawn(config: &SandboxConfig, interpreter: &Path) -> Result<(Self, Protections), SandboxError> {
+    async fn spawn(config: &SandboxConfig, setup: &Json, interpreter: &Path) -> Result<(Self, Protections), SandboxError> {
         let start_error = |reason: String| SandboxError::Start { python: interpreter.display().to_string(), reason };
         // An empty environment: nothing of the server's (keys, database URLs) reaches user code.
         let mut child = Command::new(interpreter)
@@ -78,6 +161,9 @@ impl Zygote {
             .env("OPENBLAS_NUM_THREADS", "1")
             .env("OMP_NUM_THREADS", "1")
             .env("MKL_NUM_THREADS", "1")
+            // Each thread's malloc arena reserves 64 MiB of address space, which the memory
+            // limit counts: a code node with a few threads would run out of it without using any.
+            .env("MALLOC_ARENA_MAX", "2")
             .current_dir(&config.scratch)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -89,38 +175,40 @@ impl Zygote {
             return Err(start_error("no pipes to the zygote".into()));
         };
         let mut zygote = Self { child, stdin, stdout };
-        // The limits of the first child, which the zygote forks before any request comes.
-        let setup = json!({
-            "scratch": config.scratch,
-            "max_file_bytes": config.max_file_bytes,
-            "network": config.network,
-            "timeout_ms": config.timeout.as_millis() as u64,
-            "memory_bytes": config.memory_bytes,
-            "seccomp": config.seccomp,
-            "landlock": config.landlock,
-            "preload": config.preload,
-            "read_paths": config.read_paths,
-        });
         let hello = tokio::time::timeout(START_TIMEOUT, async {
-            zygote.write_json_frame(&setup).await?;
+            zygote.write_json_frame(setup).await?;
             zygote.read_json_frame().await
         })
         .await
         .map_err(|_| start_error("it did not become ready in 30 s".into()))?
         .map_err(|error| start_error(error.to_string()))?;
         if hello.get("ready") != Some(&Json::Bool(true)) {
-            return Err(start_error(format!("unexpected greeting {hello}")));
+            let failure = hello.get("failure").and_then(Json::as_str).map_or_else(|| format!("unexpected greeting {hello}"), str::to_owned);
+            return Err(start_error(failure));
         }
+        let text = |name: &str| hello.get(name).and_then(Json::as_str).unwrap_or_default().to_owned();
+        let texts = |name: &str| -> Vec<String> {
+            hello
+                .get(name)
+                .and_then(Json::as_array)
+                .map(|items| items.iter().filter_map(Json::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
         let protections = Protections {
-            python_version: hello.get("python").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            python_version: text("python"),
             landlock_abi: hello.get("landlock_abi").and_then(Json::as_u64).unwrap_or(0) as u32,
             seccomp: hello.get("seccomp").and_then(Json::as_bool).unwrap_or(false),
-            privileges: hello.get("privileges").and_then(Json::as_str).unwrap_or_default().to_owned(),
-            preload_failures: hello
-                .get("preload_failures")
-                .and_then(Json::as_array)
-                .map(|failures| failures.iter().filter_map(Json::as_str).map(str::to_owned).collect())
+            privileges: text("privileges"),
+            namespaces: texts("namespaces"),
+            cgroups: text("cgroups"),
+            off: hello
+                .get("off")
+                .and_then(Json::as_object)
+                .map(|off| off.iter().map(|(what, why)| (what.clone(), why.as_str().unwrap_or_default().to_owned())).collect())
                 .unwrap_or_default(),
+            read_paths: texts("read_paths"),
+            network: config.network,
+            preload_failures: texts("preload_failures"),
         };
         Ok((zygote, protections))
     }
@@ -158,12 +246,16 @@ impl Zygote {
         serde_json::from_slice(&self.read_frame().await?).map_err(std::io::Error::other)
     }
 
-    /// One request (its limits, the code node's code, the rest) and its answer: what happened,
-    /// and the text that goes with it.
-    async fn exchange(&mut self, limits: &[u8], code: &str, rest: &[u8]) -> std::io::Result<Answer> {
+    /// One request (its limits with its id, the code node's code, the rest) and its answer:
+    /// what happened, and the text that goes with it. An answer for another request means the
+    /// zygote is out of step, and is an error.
+    async fn exchange(&mut self, id: u64, limits: &[u8], code: &str, rest: &[u8]) -> std::io::Result<Answer> {
         self.write_frames(&[limits, code.as_bytes(), rest]).await?;
         let outcome = self.read_json_frame().await?;
         let text = String::from_utf8_lossy(&self.read_frame().await?).into_owned();
+        if outcome.get("id").and_then(Json::as_u64) != Some(id) {
+            return Err(std::io::Error::other(format!("an answer for another request ({})", outcome.get("id").unwrap_or(&Json::Null))));
+        }
         Ok(Answer { outcome, text })
     }
 }
@@ -194,10 +286,13 @@ impl Answer {
 /// Zygotes, each serving one execution at a time; a broken one is replaced on next use.
 pub struct PythonPool {
     config: SandboxConfig,
+    /// The zygotes' configuration frame.
+    setup: Json,
     interpreter: std::path::PathBuf,
     protections: Protections,
     slots: Vec<Mutex<Option<Zygote>>>,
     free: Semaphore,
+    requests: AtomicU64,
 }
 
 impl PythonPool {
@@ -207,7 +302,8 @@ impl PythonPool {
             reason: format!("cannot create the scratch directory {}: {error}", config.scratch.display()),
         })?;
         let interpreter = resolve_interpreter(&config.python).await?;
-        let (first, protections) = Zygote::spawn(&config, &interpreter).await?;
+        let setup = zygote_setup(&config);
+        let (first, protections) = Zygote::spawn(&config, &setup, &interpreter).await?;
         if config.isolation == IsolationPolicy::Required && !protections.missing().is_empty() {
             return Err(SandboxError::IsolationMissing { missing: protections.missing().join(" and ") });
         }
@@ -215,7 +311,7 @@ impl PythonPool {
         let mut slots = Vec::with_capacity(workers);
         slots.push(Mutex::new(Some(first)));
         slots.extend((1..workers).map(|_| Mutex::new(None)));
-        Ok(Self { free: Semaphore::new(workers), slots, interpreter, protections, config })
+        Ok(Self { free: Semaphore::new(workers), slots, setup, interpreter, protections, config, requests: AtomicU64::new(1) })
     }
 
     pub fn protections(&self) -> &Protections {
@@ -264,7 +360,9 @@ impl PythonPool {
     /// One request to a free zygote, started first if its slot is empty; a zygote that fails to
     /// answer is discarded.
     async fn exchange(&self, network: bool, code: &str, rest: &Json) -> Result<Answer, PortError> {
+        let id = self.requests.fetch_add(1, Ordering::Relaxed);
         let limits = json!({
+            "id": id,
             "timeout_ms": self.config.timeout.as_millis() as u64,
             "memory_bytes": self.config.memory_bytes,
             "network": network,
@@ -290,13 +388,13 @@ impl PythonPool {
             discard(&mut slot).await;
         }
         if slot.is_none() {
-            let (zygote, _) = Zygote::spawn(&self.config, &self.interpreter)
+            let (zygote, _) = Zygote::spawn(&self.config, &self.setup, &self.interpreter)
                 .await
                 .map_err(|error| PortError::new(PortErrorKind::Other, error.to_string()))?;
             *slot = Some(zygote);
         }
         let answer = match slot.as_mut() {
-            Some(zygote) => tokio::time::timeout(self.config.timeout + REPORT_GRACE, zygote.exchange(&limits, code, &rest)).await,
+            Some(zygote) => tokio::time::timeout(self.config.timeout + REPORT_GRACE, zygote.exchange(id, &limits, code, &rest)).await,
             None => return Err(PortError::new(PortErrorKind::Other, "no sandbox worker")),
         };
         match answer {
@@ -310,6 +408,19 @@ impl PythonPool {
                 Err(PortError::new(PortErrorKind::Timeout, "Code execution timed out and its worker was replaced."))
             }
         }
+    }
+}
+
+impl Drop for PythonPool {
+    /// The pool's scratch folder holds nothing once its zygotes are gone (each child's files
+    /// live in a tmpfs of its own, or in a folder removed after it); the folder goes too.
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(zygote) = slot.get_mut() {
+                let _ = zygote.child.start_kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.config.scratch);
     }
 }
 

@@ -2,25 +2,36 @@
 
 The server starts it with an empty environment and talks to it over stdin/stdout in frames (a
 4-byte big-endian length, then the bytes). The first frame (JSON) configures it; it answers with
-the protections this kernel offers. Then each request is three frames: its limits (JSON), the
-code of a code node (empty for a whole program) and the rest of the request (JSON). The zygote
-reads only the first two and hands the last two, unparsed, to a fresh child. Each answer is two
-frames: what happened (JSON) and the child's text (its JSON result, its program's report or its
-traceback). The child for the next request is forked and locked down while the zygote waits for
-it, so neither cost falls on the request. The zygote itself never runs user code, so no
-execution can see another's data.
+the protections this machine allows. Then each request is three frames: its limits (JSON, with the
+request's id), the code of a code node (empty for a whole program) and the rest of the request
+(JSON). The zygote reads only the first two and hands the last two, unparsed, to a fresh child.
+Each answer is two frames: what happened (JSON, echoing the id) and the child's text (its JSON
+result, its program's report or its traceback). The child for the next request is forked and
+locked down while the zygote waits for it, so neither cost falls on the request. The zygote
+itself never runs user code, so no execution can see another's data.
+
+When the zygote runs as root, it first moves into a mount namespace of its own whose root is an
+empty, read-only tmpfs holding only the paths code may read, bound read-only at their own paths
+(the interpreter's standard library, the site-packages in use, the shared libraries loaded, time
+zones, certificates when code may use the network, `--code-read-path` folders, and /dev/null,
+/dev/zero, /dev/full, /dev/random, /dev/urandom). Each child is then forked into a pid namespace
+of its own (it is pid 1 there and sees no other process), joins a cgroup of its own (memory, pids,
+CPU) where the kernel offers one, and moves into new user, mount, IPC, UTS and (unless code may use
+the network) network namespaces, as uid 65534 mapped to nobody on the host. It mounts a private
+tmpfs as its scratch directory, drops every capability, and installs landlock (the same read
+paths, the scratch directory read-write) and the server's seccomp allow-list. Everything it
+started dies with it; its namespaces, its System V IPC and its scratch files are gone when it is.
+
+Without root (or when the kernel refuses namespaces) a child gets the rest: a scratch directory
+on the host, dropped privileges, rlimits, landlock and seccomp; the start report says what is off.
 
 Every page the zygote or a child writes after a fork costs a page fault, and on this path faults
 are most of the time an execution takes; so what can be prepared once (the environment, the
-seccomp programs, the landlock rules, compiled code) is prepared in the zygote, and the zygote
-does not parse what it only passes on.
-
-In the child, before user code: a new session, stdio to /dev/null, a private scratch directory,
-rlimits, root's privileges dropped, no_new_privs, a landlock ruleset (read-only system and Python
-paths, the scratch directory read-write) and a seccomp filter (no sockets unless allowed, no
-exec, no new processes, no ptrace, no mount, signals only to itself).
+seccomp programs, the landlock rules, the file system, compiled code) is prepared in the zygote,
+and the zygote does not parse what it only passes on.
 """
 
+import base64
 import ctypes
 import gc
 import json
@@ -30,6 +41,7 @@ import select
 import signal
 import struct
 import sys
+import sysconfig
 import time
 import traceback
 
@@ -62,19 +74,36 @@ def preload_configured(names):
             failures.append(f"{name}: {type(error).__name__}: {error}")
     return failures
 
+
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
 LIBC.prctl.restype = ctypes.c_int
-NOBODY = 65534
+LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+SANDBOX_ID = 65534  # the sandbox's uid and gid: nobody, inside and outside its user namespace
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 PR_GET_SECCOMP = 21
 SECCOMP_MODE_FILTER = 2
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_ADD_RULE = 445
-SYS_LANDLOCK_RESTRICT_SELF = 446
-SYS_CAPSET = 126
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 MAX_RESULT_BYTES = 64 * 1024 * 1024
+# The threads one execution may have (RLIMIT_NPROC counts them per user namespace, pids.max per cgroup).
+MAX_THREADS = 128
+# An execution that closes its result pipe without a result gets this long to exit by itself.
+EXIT_GRACE = 0.1
+
+
+def fail_errno(what):
+    error = ctypes.get_errno()
+    raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
 def read_exact(fd, size):
@@ -116,124 +145,93 @@ def write_answer(outcome, text=b""):
         write_all(1, text)
 
 
-# --- seccomp --------------------------------------------------------------------------------
-
-AUDIT_ARCH_X86_64 = 0xC000003E
-X32_SYSCALL_BIT = 0x40000000
-# x86_64 numbers. Refused with EPERM (or ENOSYS for clone3, so the C library falls back to clone).
-DENIED = {
-    "execve": 59, "execveat": 322, "fork": 57, "vfork": 58, "ptrace": 101, "process_vm_readv": 310,
-    "process_vm_writev": 311, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
-    "setns": 308, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
-    "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168, "syslog": 103, "bpf": 321,
-    "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248, "request_key": 249,
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "setuid": 105, "setgid": 106,
-    "setreuid": 113, "setregid": 114, "setresuid": 117, "setresgid": 119, "setgroups": 116, "setfsuid": 122,
-    "setfsgid": 123, "capset": 126, "personality": 135, "acct": 163, "quotactl": 179, "name_to_handle_at": 303,
-    "open_by_handle_at": 304, "mknod": 133, "mknodat": 259, "iopl": 172, "ioperm": 173, "settimeofday": 164,
-    "clock_settime": 227, "adjtimex": 159, "sethostname": 170, "setdomainname": 171, "open_tree": 428,
-    "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
-    "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438, "rt_sigqueueinfo": 129,
-    "rt_tgsigqueueinfo": 297,
-}
-NETWORK = {"socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "accept4": 288}
-SYS_CLONE, SYS_CLONE3, SYS_KILL, SYS_TKILL, SYS_TGKILL = 56, 435, 62, 200, 234
-CLONE_THREAD = 0x00010000
-EPERM, ENOSYS = 1, 38
-
-BPF_LD_W_ABS = 0x20
-BPF_JEQ_K = 0x15
-BPF_JSET_K = 0x45
-BPF_JGE_K = 0x35
-BPF_RET_K = 0x06
-RET_ALLOW = 0x7FFF0000
-RET_KILL_PROCESS = 0x80000000
-RET_ERRNO = 0x00050000
-
-
-PID_PLACEHOLDER = 0
-
-
-def seccomp_program(network):
-    """A classic BPF filter over seccomp_data (nr at 0, arch at 4, args[i] at 16 + 8 * i), and
-    the offsets of the instructions that compare with this process's pid (filled in after fork)."""
-    program, pid_slots = [], []
-
-    def op(code, k, jt=0, jf=0):
-        program.append((code, jt, jf, k))
-
-    op(BPF_LD_W_ABS, 4)
-    op(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0)
-    op(BPF_RET_K, RET_KILL_PROCESS)
-    op(BPF_LD_W_ABS, 0)
-    op(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1)
-    op(BPF_RET_K, RET_ERRNO | EPERM)
-    denied = list(DENIED.values()) + ([] if network else list(NETWORK.values()))
-    for number in denied:
-        op(BPF_JEQ_K, number, 0, 1)
-        op(BPF_RET_K, RET_ERRNO | EPERM)
-    op(BPF_JEQ_K, SYS_CLONE3, 0, 1)
-    op(BPF_RET_K, RET_ERRNO | ENOSYS)
-    # clone: threads only.
-    op(BPF_JEQ_K, SYS_CLONE, 0, 4)
-    op(BPF_LD_W_ABS, 16)
-    op(BPF_JSET_K, CLONE_THREAD, 1, 0)
-    op(BPF_RET_K, RET_ERRNO | EPERM)
-    op(BPF_RET_K, RET_ALLOW)
-    # kill(pid) and tgkill(tgid): this process (or its own group) only; tkill: itself only.
-    for number, zero_ok in ((SYS_KILL, True), (SYS_TGKILL, False), (SYS_TKILL, False)):
-        op(BPF_JEQ_K, number, 0, 5 if zero_ok else 4)
-        op(BPF_LD_W_ABS, 16)
-        pid_slots.append(len(program) * 8 + 4)
-        op(BPF_JEQ_K, PID_PLACEHOLDER, 2 if zero_ok else 1, 0)
-        if zero_ok:
-            op(BPF_JEQ_K, 0, 1, 0)
-        op(BPF_RET_K, RET_ERRNO | EPERM)
-        op(BPF_RET_K, RET_ALLOW)
-    op(BPF_RET_K, RET_ALLOW)
-    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program), pid_slots
-
-
+# --- seccomp: the server's allow-list, installed as given ------------------------------------
 
 
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def prepared_seccomp(network):
-    program, pid_slots = seccomp_program(network)
-    buffer = ctypes.create_string_buffer(program, len(program))
-    return buffer, pid_slots, SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+# _IOWR('!', 0, struct seccomp_notif) and _IOWR('!', 1, struct seccomp_notif_resp).
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+NOTIFICATION_BYTES = 80
+EPERM = 1
 
 
-# Assembled once; a child only writes its pid into its own copy.
-SECCOMP_PROGRAMS = {network: prepared_seccomp(network) for network in (False, True)}
+class Seccomp:
+    """The server's compiled filters, with and without network, in two kinds: refusals as EPERM
+    from the filter, or as notifications the zygote answers with EPERM after noting the call's
+    name (so a failed execution can say which call was refused). A child only writes its own pid
+    into its copy. The zygote uses notifications when its probe shows the kernel gives them."""
+
+    def __init__(self, config):
+        self.programs = {}
+        for network, key in ((False, "offline"), (True, "online")):
+            for refusal in ("errno", "notify"):
+                program = config[key][refusal]
+                code = base64.b64decode(program["program"])
+                buffer = ctypes.create_string_buffer(code, len(code))
+                fprog = SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+                self.programs[network, refusal == "notify"] = (buffer, program["own_pid_slots"], fprog)
+        self.names = {int(number): name for number, name in config["names"].items()}
+        self.notify = "seccomp" in NUMBERS and "pidfd_getfd" in NUMBERS
+
+    def install(self, network):
+        """Installs the filter; returns the descriptor of its listener when refusals notify."""
+        buffer, slots, fprog = self.programs[network, self.notify]
+        pid = os.getpid()
+        for offset in slots:
+            struct.pack_into("<I", buffer, offset, pid)
+        if self.notify:
+            listener = LIBC.syscall(NUMBERS["seccomp"], SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, ctypes.byref(fprog))
+            if listener < 0:
+                fail_errno("seccomp filter refused")
+            return listener
+        if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+            fail_errno("seccomp filter refused")
+        return -1
+
+    def name(self, number):
+        return self.names.get(number, f"number {number}")
 
 
-def install_seccomp(network):
-    buffer, pid_slots, fprog = SECCOMP_PROGRAMS[network]
-    pid = os.getpid()
-    for offset in pid_slots:
-        struct.pack_into("<I", buffer, offset, pid)
-    if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "seccomp filter refused")
+SECCOMP = None
 
 
-def seccomp_available():
-    import platform
+def answer_refusal(listener, refused):
+    """Answers one call the filter refused with EPERM, noting its name in `refused`."""
+    import fcntl
 
-    return platform.machine() == "x86_64" and LIBC.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0
+    notification = bytearray(NOTIFICATION_BYTES)
+    try:
+        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, notification)
+    except OSError:
+        return  # the caller was killed or interrupted
+    notification_id, = struct.unpack_from("<Q", notification, 0)
+    number, = struct.unpack_from("<i", notification, 16)
+    name = SECCOMP.name(number)
+    if name not in refused and len(refused) < 8:
+        refused.append(name)
+    try:
+        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, bytearray(struct.pack("<QqiI", notification_id, 0, -EPERM, 0)))
+    except OSError:
+        pass
+
+
+def refusals_note(refused):
+    if not refused:
+        return b""
+    calls = "system call " + refused[0] if len(refused) == 1 else "system calls " + ", ".join(refused)
+    return f"\n(flowgate's sandbox refused the {calls}: code nodes may not use it.)".encode()
 
 
 # --- landlock -------------------------------------------------------------------------------
 
 FS_FILE = (1 << 0) | (1 << 1) | (1 << 2)  # execute, write file, read file
 FS_READ = (1 << 2) | (1 << 3)  # read file, read dir
-
-
-def landlock_abi():
-    abi = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    return abi if abi > 0 else 0
 
 
 def handled_fs(abi):
@@ -249,10 +247,11 @@ def handled_fs(abi):
 
 class Landlock:
     """The rules every child gets, prepared once: a packed rule per read path, whose O_PATH
-    descriptor stays open in the zygote (a child closes it before user code runs). Only the
-    child's own scratch directory is added per child, in the zygote before the fork."""
+    descriptor stays open in the zygote (a child closes it before user code runs). A child adds
+    its scratch directory itself."""
 
-    def __init__(self, abi, read_paths):
+    def __init__(self, numbers, abi, read_paths, devices):
+        self.numbers = numbers
         self.handled = handled_fs(abi)
         file_rights = FS_FILE | (1 << 14) | (1 << 15)
         self.attributes = {}
@@ -264,7 +263,7 @@ class Landlock:
                 fields.append(0b11)  # abstract unix sockets and signals outside this sandbox
             self.attributes[network] = struct.pack("<" + "Q" * len(fields), *fields)
         self.rules = []
-        for paths, access in ((read_paths, FS_READ), (["/dev/null"], self.handled)):
+        for paths, access in ((read_paths, FS_READ), (devices, self.handled)):
             for path in paths:
                 try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -273,51 +272,440 @@ class Landlock:
                 allowed = access if os.path.isdir(path) else access & file_rights & self.handled
                 self.rules.append((path, struct.pack("<Qi", allowed, fd)))
 
-    def ruleset(self, scratch, network):
-        """A new ruleset descriptor: the prepared rules and `scratch` read-write."""
+    def add(self, ruleset, path, access):
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if LIBC.syscall(self.numbers["landlock_add_rule"], ruleset, 1, struct.pack("<Qi", access, fd), 0) != 0:
+                fail_errno(f"landlock rule for {path} refused")
+        finally:
+            os.close(fd)
+
+    def ruleset(self, network):
+        """A new ruleset descriptor with the prepared rules."""
         attributes = self.attributes[network]
-        ruleset = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, attributes, ctypes.c_size_t(len(attributes)), ctypes.c_uint32(0))
+        ruleset = LIBC.syscall(self.numbers["landlock_create_ruleset"], attributes, ctypes.c_size_t(len(attributes)), ctypes.c_uint32(0))
         if ruleset < 0:
-            raise OSError(ctypes.get_errno(), "landlock ruleset refused")
+            fail_errno("landlock ruleset refused")
         try:
             for path, rule in self.rules:
-                if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"landlock rule for {path} refused")
-            fd = os.open(scratch, os.O_PATH | os.O_CLOEXEC)
-            try:
-                if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, struct.pack("<Qi", self.handled, fd), 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"landlock rule for {scratch} refused")
-            finally:
-                os.close(fd)
+                if LIBC.syscall(self.numbers["landlock_add_rule"], ruleset, 1, rule, 0) != 0:
+                    fail_errno(f"landlock rule for {path} refused")
         except BaseException:
             os.close(ruleset)
             raise
         return ruleset
 
-
-def restrict_to(ruleset):
-    if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-        raise OSError(ctypes.get_errno(), "landlock restrict_self refused")
-    os.close(ruleset)
-
-
-def python_paths():
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(entry for entry in sys.path if entry)
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file:
-            paths.add(os.path.dirname(os.path.dirname(os.path.realpath(file))))
-    return sorted(path for path in paths if os.path.exists(path))
+    def restrict(self, ruleset, scratch):
+        self.add(ruleset, scratch, self.handled)
+        if LIBC.syscall(self.numbers["landlock_restrict_self"], ruleset, 0) != 0:
+            fail_errno("landlock restrict_self refused")
+        os.close(ruleset)
 
 
-SYSTEM_READ_PATHS = [
-    "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/localtime", "/etc/ld.so.cache",
-    "/dev/urandom", "/dev/random",
-]
+def landlock_abi(numbers):
+    abi = LIBC.syscall(numbers["landlock_create_ruleset"], None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return abi if abi > 0 else 0
 
 
-# --- privileges -----------------------------------------------------------------------------
+# --- what code may read ---------------------------------------------------------------------
+
+DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+
+
+def library_search_path():
+    """The folders the dynamic loader searches (its defaults and /etc/ld.so.conf)."""
+    import glob
+
+    folders = {"/lib", "/lib64", "/usr/lib", "/usr/lib64"}
+    pending, seen = ["/etc/ld.so.conf"], set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            with open(path) as conf:
+                lines = conf.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("include "):
+                pending.extend(sorted(glob.glob(line.split(None, 1)[1])))
+            elif line.startswith("/"):
+                folders.add(line)
+    return {os.path.realpath(folder) for folder in folders}
+
+
+def mapped_libraries():
+    """What the shared libraries this interpreter has loaded (the C library, libpython, the
+    extension modules of preloaded packages) need to be found again: the loader's folders they
+    lie in (extension modules imported later link to the same ones), else the files themselves."""
+    search_path = library_search_path()
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.rstrip("\n").split(None, 5)
+            path = fields[5] if len(fields) == 6 else ""
+            name = os.path.basename(path)
+            if path.startswith("/") and (name.endswith(".so") or ".so." in name):
+                folder = os.path.dirname(os.path.realpath(path))
+                paths.add(folder if folder in search_path else path)
+    return paths
+
+
+def without_nested(paths):
+    """`paths` without those inside another of them."""
+    kept = []
+    for path in sorted(paths):
+        if not any(path.startswith(parent.rstrip("/") + "/") for parent in kept):
+            kept.append(path)
+    return kept
+
+
+def read_allow_list(read_paths, network):
+    """The exact paths code may read: never a parent folder because something lies below it."""
+    # The standard library (where os.py is) and this interpreter's site-packages; sys.path adds
+    # lib-dynload, the zip of the standard library and .pth folders.
+    paths = {os.path.dirname(os.__file__)}
+    paths.update(path for key, path in sysconfig.get_paths().items() if key in ("purelib", "platlib"))
+    paths.update(entry for entry in sys.path if entry and os.path.isabs(entry))
+    paths.update(mapped_libraries())
+    paths.add("/etc/ld.so.cache")
+    try:
+        import zoneinfo
+
+        paths.update(zoneinfo.TZPATH)
+    except ImportError:
+        pass
+    paths.add("/etc/localtime")
+    if network:
+        paths.update(["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf", "/etc/services", "/etc/protocols"])
+        try:
+            import ssl
+
+            verify = ssl.get_default_verify_paths()
+            for path in (verify.cafile, verify.capath, verify.openssl_cafile, verify.openssl_capath):
+                if path:
+                    paths.add(path)
+                    # The certificate folder's entries link into the certificate store.
+                    paths.add(os.path.realpath(path))
+            if verify.openssl_capath:
+                paths.add(os.path.join(os.path.dirname(verify.openssl_capath), "openssl.cnf"))
+            for folder in ("/usr/share/ca-certificates", "/etc/ssl/certs"):
+                paths.add(folder)
+        except ImportError:
+            pass
+    paths.update(read_paths)
+    return without_nested(path for path in paths if os.path.exists(path))
+
+
+# --- the sandbox's file system --------------------------------------------------------------
+
+
+def mount(source, target, fstype, flags, data=None):
+    encode = lambda text: None if text is None else os.fsencode(text)  # noqa: E731
+    if LIBC.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
+        fail_errno(f"mount {target}")
+
+
+class SandboxRoot:
+    """Builds the file system children see: an empty tmpfs at `base` holding each allowed path
+    bound read-only at its own path (symlinks on the way recreated), then made the root."""
+
+    def __init__(self, base):
+        self.base = base
+        self.bound = []
+
+    def inside(self, path):
+        return self.base + path
+
+    def covered(self, path):
+        return any(path == bound or path.startswith(bound.rstrip("/") + "/") for bound in self.bound)
+
+    def bind(self, host, writable=False):
+        target = self.inside(host)
+        if os.path.isdir(host):
+            os.makedirs(target, 0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            if not os.path.exists(target):
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+        mount(host, target, None, MS_BIND)
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (MS_NOEXEC if writable else MS_RDONLY | MS_NODEV)
+        mount(None, target, None, flags)
+        self.bound.append(host)
+
+    def expose(self, path, depth=0):
+        """Makes `path` resolve inside the new root as it does on the host."""
+        if depth > 16:
+            return
+        parts = [part for part in path.split("/") if part]
+        current = "/"
+        for index, part in enumerate(parts):
+            host = os.path.join(current, part)
+            if self.covered(host):
+                return
+            if os.path.islink(host):
+                link = self.inside(host)
+                if not os.path.lexists(link):
+                    os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
+                    os.symlink(os.readlink(host), link)
+                rest = "/".join(parts[index + 1:])
+                resolved = os.path.realpath(host)
+                self.expose(os.path.join(resolved, rest) if rest else resolved, depth + 1)
+                return
+            if index == len(parts) - 1:
+                self.bind(host)
+                return
+            current = host
+
+    def build(self, read_paths, scratch_point):
+        mount("tmpfs", self.base, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+        # Folders first (shortest real path first), so nothing is bound twice.
+        for path in sorted(read_paths, key=lambda path: len(os.path.realpath(path))):
+            self.expose(path)
+        for device in DEVICES:
+            if os.path.exists(device):
+                self.bind(device, writable=True)
+        os.makedirs(self.inside(scratch_point), 0o755, exist_ok=True)
+        os.chdir(self.base)
+        if LIBC.syscall(NUMBERS["pivot_root"], b".", b".") != 0:
+            fail_errno("pivot_root")
+        if LIBC.umount2(b".", MNT_DETACH) != 0:
+            fail_errno("detaching the host's file system")
+        os.chdir("/")
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def scratch_point_for(read_paths):
+    """Where each child's private tmpfs goes: /tmp, unless a read path lies below it."""
+    if any(path == "/tmp" or path.startswith("/tmp/") for path in read_paths):
+        return "/flowgate-tmp"
+    return "/tmp"
+
+
+# --- cgroups --------------------------------------------------------------------------------
+
+
+def own_cgroups():
+    """(version, {controller: folder}) of this process's cgroups that it may create groups in."""
+    mounts = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            separator = fields.index("-")
+            mounts.append((fields[3], fields[4], fields[separator + 1], fields[-1].split(",")))
+    memberships = {}
+    with open("/proc/self/cgroup") as cgroups:
+        for line in cgroups:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            memberships[controllers] = path
+    wanted = ("memory", "pids", "cpu")
+    found = {}
+    for root, point, fstype, options in mounts:
+        if fstype != "cgroup":
+            continue
+        for controllers, path in memberships.items():
+            names = controllers.split(",")
+            for controller in wanted:
+                if controller in names and controller in options and controller not in found:
+                    relative = os.path.relpath(path, root) if path.startswith(root) else None
+                    if relative is not None:
+                        found[controller] = os.path.normpath(os.path.join(point, relative))
+    if found:
+        return 1, found
+    for root, point, fstype, _ in mounts:
+        path = memberships.get("")
+        if fstype == "cgroup2" and path is not None and path.startswith(root):
+            folder = os.path.normpath(os.path.join(point, os.path.relpath(path, root)))
+            try:
+                with open(os.path.join(folder, "cgroup.controllers")) as available:
+                    controllers = available.read().split()
+            except OSError:
+                continue
+            return 2, {controller: folder for controller in wanted if controller in controllers}
+    return 0, {}
+
+
+class Cgroups:
+    """A group per zygote in each controller it may use: a leaf the zygote lives in (which marks
+    the group as in use) and a few leaves its children take in turn, each child joining its own,
+    still root, before anything else. Leaves are reused rather than made and removed per
+    execution (that costs about a millisecond), each keeping the limits written into it."""
+
+    LEAVES = 4
+
+    def __init__(self, memory_bytes, configured_parent):
+        self.version, folders = own_cgroups()
+        if configured_parent:
+            self.version, folders = 2, {name: configured_parent for name in ("memory", "pids", "cpu")}
+        if "memory" not in folders or "pids" not in folders:
+            raise OSError("no memory and pids cgroup controllers are available to this process")
+        for folder in set(folders.values()):
+            remove_stale_groups(folder)
+        token = base64.b32encode(os.urandom(5)).decode().lower()
+        self.group = group = f"flowgate-code-{token}"
+        self.folders = {}  # controller -> descriptor of this zygote's group folder
+        self.parents = {}
+        made = []
+        try:
+            for controller, folder in sorted(folders.items()):
+                path = os.path.join(folder, group)
+                if path not in made:
+                    os.mkdir(path)
+                    made.append(path)
+                    if self.version == 2:
+                        enabled = " ".join("+" + name for name in ("memory", "pids", "cpu") if name in folders)
+                        for control in (folder, path):
+                            with open(os.path.join(control, "cgroup.subtree_control"), "w") as subtree:
+                                subtree.write(enabled)
+                self.folders[controller] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self.parents[controller] = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.controllers = self.distinct()
+            for controller in self.controllers:
+                os.mkdir("zygote", dir_fd=self.folders[controller])
+                self.write(controller, "zygote", "cgroup.procs", 0)
+            self.limits, self.kills, self.free = {}, {}, []
+            for index in range(self.LEAVES):
+                self.free.append(self.make(f"x{index}", memory_bytes))
+        except OSError:
+            for path in reversed(made):
+                remove_group(path)
+            raise
+        self.memory_bytes = memory_bytes
+
+    def distinct(self):
+        """One controller per distinct folder (v2 has all controllers in one)."""
+        seen, names = set(), []
+        for controller, fd in sorted(self.folders.items()):
+            key = os.fstat(fd).st_ino, os.fstat(fd).st_dev
+            if key not in seen:
+                seen.add(key)
+                names.append(controller)
+        return names
+
+    def write(self, controller, leaf, name, value):
+        fd = os.open(f"{leaf}/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+
+    def read(self, controller, leaf, name):
+        try:
+            fd = os.open(f"{leaf}/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
+        except OSError:
+            return ""
+        try:
+            return os.read(fd, 65536).decode()
+        finally:
+            os.close(fd)
+
+    def make(self, leaf, memory_bytes):
+        for controller in self.controllers:
+            os.mkdir(leaf, dir_fd=self.folders[controller])
+        self.write("pids", leaf, "pids.max", MAX_THREADS)
+        if "cpu" in self.folders:
+            # One core's worth of time per period: threads cannot take another tenant's core.
+            if self.version == 1:
+                self.write("cpu", leaf, "cpu.cfs_period_us", 100000)
+                self.write("cpu", leaf, "cpu.cfs_quota_us", 100000)
+            else:
+                self.write("cpu", leaf, "cpu.max", "100000 100000")
+        self.set_memory(leaf, memory_bytes)
+        return leaf
+
+    def set_memory(self, leaf, memory_bytes):
+        names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if self.version == 1 else ("memory.max", "memory.swap.max")
+        self.write("memory", leaf, names[0], memory_bytes)
+        try:
+            self.write("memory", leaf, names[1], memory_bytes if self.version == 1 else 0)
+        except OSError:
+            pass  # no swap accounting: nothing to limit
+        self.limits[leaf] = memory_bytes
+
+    def take(self, memory_bytes):
+        """A free leaf with `memory_bytes` as its limit, for the next child."""
+        leaf = self.free.pop(0) if self.free else self.make(f"x{len(self.limits)}", memory_bytes)
+        if self.limits.get(leaf) != memory_bytes:
+            self.set_memory(leaf, memory_bytes)
+        self.kills[leaf] = self.oom_kills(leaf)
+        return leaf
+
+    def give_back(self, leaf):
+        """After its child is reaped (a reaped process has left its cgroup)."""
+        self.free.append(leaf)
+
+    def enter(self, leaf):
+        """In the child, as root: joins its leaf in every controller."""
+        for controller in self.controllers:
+            self.write(controller, leaf, "cgroup.procs", 0)
+
+    def oom_kills(self, leaf):
+        events = self.read("memory", leaf, "memory.oom_control" if self.version == 1 else "memory.events")
+        for line in events.splitlines():
+            fields = line.split()
+            if fields[:1] == ["oom_kill"] and len(fields) == 2 and fields[1].isdigit():
+                return int(fields[1])
+        return 0
+
+    def out_of_memory(self, leaf):
+        """Whether the kernel killed in `leaf` for its memory limit since it was taken, and that limit."""
+        return self.oom_kills(leaf) > self.kills.get(leaf, 0), self.limits.get(leaf, self.memory_bytes)
+
+    def close(self):
+        """At the zygote's end: back to the cgroup it came from, and its group removed."""
+        if self.version != 1:
+            return  # cgroup v2 allows no process in the parent; the next zygote removes the group
+        for controller in self.controllers:
+            try:
+                fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.parents[controller])
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+                for leaf in ["zygote", *self.limits]:
+                    os.rmdir(leaf, dir_fd=self.folders[controller])
+                os.rmdir(self.group, dir_fd=self.parents[controller])
+            except OSError:
+                pass
+
+    def describe(self):
+        return f"v{self.version} " + ",".join(sorted(self.folders))
+
+
+def remove_group(path):
+    for leaf in os.listdir(path) if os.path.isdir(path) else []:
+        if os.path.isdir(os.path.join(path, leaf)):
+            try:
+                os.rmdir(os.path.join(path, leaf))
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def remove_stale_groups(folder):
+    """Groups of zygotes that are gone (killed before they could remove theirs): a live zygote
+    is always in its group's `zygote` leaf."""
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith("flowgate-code-")]
+    except OSError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(folder, name, "zygote", "cgroup.procs")) as procs:
+                if procs.read().strip():
+                    continue
+        except OSError:
+            pass
+        remove_group(os.path.join(folder, name))
+
+
+# --- privileges without namespaces ----------------------------------------------------------
 
 
 def readable_by_nobody(path):
@@ -344,28 +732,17 @@ class CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def privilege_plan():
-    """Root becomes nobody when the interpreter stays readable; otherwise it keeps uid 0 and
-    loses every capability (so file permissions bind it as they bind any user)."""
-    if os.geteuid() != 0:
-        return "not root"
-    if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))):
-        return "uid 65534"
-    return "capabilities"
+def drop_capabilities():
+    """Empties every capability set; exec is refused, so none can come back."""
+    header = CapHeader(0x20080522, 0)
+    data = (CapData * 2)()
+    if LIBC.syscall(NUMBERS["capset"], ctypes.byref(header), data) != 0:
+        fail_errno("dropping capabilities refused")
 
 
-def drop_privileges(plan, scratch):
-    if plan == "uid 65534":
-        os.chown(scratch, NOBODY, NOBODY)
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-    elif plan == "capabilities":
-        # Emptying every set is enough: exec is refused, so no capability can come back.
-        header = CapHeader(0x20080522, 0)
-        data = (CapData * 2)()
-        if LIBC.syscall(SYS_CAPSET, ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "dropping capabilities refused")
+def become_sandbox_user():
+    os.setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
+    os.setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID)
 
 
 # --- one execution --------------------------------------------------------------------------
@@ -375,18 +752,56 @@ def drop_privileges(plan, scratch):
 # HOME and TMPDIR (its scratch directory).
 CHILD_ENVIRONMENT = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
 DEV_NULL = os.open("/dev/null", os.O_RDWR)
+NUMBERS = {}
 
 
-def lock_down(config, limits, scratch, ruleset, keep):
+class Setup:
+    """What the zygote settled on at start, for every child."""
+
+    def __init__(self, config):
+        self.config = config
+        self.namespaces = False  # a pid namespace per child, user/mount/ipc/uts/net namespaces
+        self.proc = -1  # the host's /proc, to write a child's uid and gid maps
+        self.host_pid_namespace = -1
+        self.cgroups = None
+        self.landlock = None
+        self.seccomp = False
+        self.privileges = "not root"
+        self.scratch_point = "/tmp"
+        self.counter = 0
+
+
+def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
     os.setsid()
     for fd in (0, 1, 2):
         os.dup2(DEV_NULL, fd)
-    # Nothing of the zygote's stays open but this child's pipes and landlock ruleset.
+    keep = [request_fd, result_fd, ruleset]
+    if setup.cgroups is not None:
+        keep.extend(setup.cgroups.folders.values())
+        keep.extend(setup.cgroups.parents.values())
+    # Nothing of the zygote's stays open but this child's pipes, its landlock rules and (until
+    # it has joined them) its cgroup folders.
     low = 3
     for fd in sorted(fd for fd in keep if fd >= 0):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 16)
+    if setup.cgroups is not None:
+        setup.cgroups.enter(leaf)
+        for fd in [*setup.cgroups.folders.values(), *setup.cgroups.parents.values()]:
+            os.close(fd)
+    if setup.namespaces:
+        os.setgroups([])
+        flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if limits["network"] else CLONE_NEWNET)
+        if LIBC.unshare(flags) != 0:
+            fail_errno("unshare")
+        # The zygote maps uid and gid 65534 into the new user namespace, then says go.
+        write_all(result_fd, b"u")
+        if os.read(request_fd, 1) != b"g":
+            os._exit(0)
+        become_sandbox_user()
+        size = max(limits["memory_bytes"] // 4, 16 * 1024 * 1024)
+        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size},mode=0700,uid={SANDBOX_ID},gid={SANDBOX_ID}")
     os.chdir(scratch)
     os.environ["HOME"] = scratch
     os.environ["TMPDIR"] = scratch
@@ -394,21 +809,38 @@ def lock_down(config, limits, scratch, ruleset, keep):
     rlimits = [
         (resource.RLIMIT_CPU, (seconds, seconds + 1)),
         (resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"])),
-        (resource.RLIMIT_FSIZE, (config["max_file_bytes"], config["max_file_bytes"])),
+        (resource.RLIMIT_FSIZE, (setup.config["max_file_bytes"], setup.config["max_file_bytes"])),
         (resource.RLIMIT_NOFILE, (64, 64)),
         (resource.RLIMIT_CORE, (0, 0)),
-        # Threads only (new processes are refused by seccomp); root's uid is exempt from it.
-        (resource.RLIMIT_NPROC, (128, 128)),
+        (resource.RLIMIT_MEMLOCK, (0, 0)),
+        (resource.RLIMIT_MSGQUEUE, (0, 0)),
+        # Threads only (new processes are refused by seccomp); counted in the child's own user
+        # namespace, so one execution's threads never count against another's.
+        (resource.RLIMIT_NPROC, (MAX_THREADS, MAX_THREADS)),
     ]
     for kind, value in rlimits:
         resource.setrlimit(kind, value)
-    drop_privileges(config["privileges"], scratch)
+    if setup.namespaces:
+        drop_capabilities()
+    elif setup.privileges == "uid 65534":
+        os.chown(scratch, SANDBOX_ID, SANDBOX_ID)
+        os.setgroups([])
+        become_sandbox_user()
+    elif setup.privileges == "capabilities":
+        drop_capabilities()
+    # Dies with the zygote (set after the uid changes, which clear it).
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "no_new_privs refused")
+        fail_errno("no_new_privs refused")
     if ruleset >= 0:
-        restrict_to(ruleset)
-    if config["seccomp"]:
-        install_seccomp(limits["network"])
+        setup.landlock.restrict(ruleset, scratch)
+    listener = -1
+    if setup.seccomp:
+        listener = SECCOMP.install(limits["network"])
+        if listener >= 0:
+            # The zygote takes a copy of the listener before it sends the request.
+            write_all(result_fd, b"L" + struct.pack("<i", listener))
+    return listener
 
 
 def user_traceback(error):
@@ -441,12 +873,16 @@ def remember_compiled(source):
     gc.freeze()
 
 
-def child(config, limits, scratch, ruleset, request_fd, result_fd):
+def memory_limit_in_force():
+    return resource.getrlimit(resource.RLIMIT_AS)[0]
+
+
+def child(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
     """Locks down, then waits for its one request (the zygote forks it ahead of time)."""
     status = 0
     try:
         try:
-            lock_down(config, limits, scratch, ruleset, (request_fd, result_fd, ruleset))
+            listener = lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf)
         except Exception as error:
             os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
             os._exit(3)
@@ -456,8 +892,17 @@ def child(config, limits, scratch, ruleset, request_fd, result_fd):
         except EOFError:
             os._exit(0)
         os.close(request_fd)
-        if request.get("mode") == "script":
+        if listener >= 0:
+            os.close(listener)
+        mode = request.get("mode")
+        if mode == "script":
             run_script(request, result_fd)
+        if mode == "probe":
+            refused = LIBC.syscall(NUMBERS["ptrace"], 0x4206, 1, 0, 0) if "ptrace" in NUMBERS else 0
+            report = {"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(), "refused_errno": ctypes.get_errno() if refused < 0 else 0}
+            write_all(result_fd, b"R" + json.dumps(report).encode())
+            os.close(result_fd)
+            os._exit(0)
         inputs = request["inputs"]
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         try:
@@ -472,11 +917,11 @@ def child(config, limits, scratch, ruleset, request_fd, result_fd):
             text = json.dumps(output, ensure_ascii=False)
             payload = b"R" + text.encode("utf-8", "surrogatepass")
         except MemoryError:
-            payload = b"M"
+            payload = b"M" + str(memory_limit_in_force()).encode()
         except BaseException as error:  # SystemExit and KeyboardInterrupt are user errors too
             payload = b"E" + user_traceback(error).encode("utf-8", "replace")
         write_all(result_fd, payload)
-        # The zygote answers at end of file; tearing this process down can happen after.
+        # The zygote answers at end of file, and ends this process then.
         os.close(result_fd)
     except BaseException:
         status = 4
@@ -556,70 +1001,169 @@ def limits_of(request):
     return {"timeout_ms": request["timeout_ms"], "memory_bytes": request["memory_bytes"], "network": request["network"]}
 
 
+def open_pidfd(pid):
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
 class Waiting:
     """A child forked and locked down before its request arrives, so a request pays for
     neither; it has run nothing and sees nothing but its scratch directory."""
 
-    def __init__(self, config, limits, landlock, counter):
+    def __init__(self, setup, limits):
+        self.setup = setup
         self.limits = limits
+        setup.counter += 1
+        self.leaf = setup.cgroups.take(limits["memory_bytes"]) if setup.cgroups is not None else None
         # Whether the child is reaped or queued to be (`run`); otherwise `discard` ends it.
         self.collected = False
-        self.scratch = os.path.join(config["scratch"], f"x{os.getpid()}-{counter}")
-        os.mkdir(self.scratch, 0o700)
-        ruleset = landlock.ruleset(self.scratch, limits["network"]) if landlock else -1
+        self.prefix = b""
+        if setup.namespaces:
+            self.scratch, self.host_scratch = setup.scratch_point, None
+        else:
+            token = base64.b32encode(os.urandom(10)).decode().lower()
+            self.scratch = self.host_scratch = os.path.join(setup.config["scratch"], f"x-{token}")
+            os.mkdir(self.scratch, 0o700)
+        ruleset = setup.landlock.ruleset(limits["network"]) if setup.landlock else -1
         request_read, self.request_fd = os.pipe()
         self.result_fd, result_write = os.pipe()
-        self.pid = os.fork()
+        self.pid = fork_into_pid_namespace(setup) if setup.namespaces else os.fork()
         if self.pid == 0:
             os.close(self.request_fd)
             os.close(self.result_fd)
-            child(config, limits, self.scratch, ruleset, request_read, result_write)
+            child(setup, limits, self.scratch, ruleset, request_read, result_write, self.leaf)
+        self.pidfd = open_pidfd(self.pid)
+        self.listener = -1
+        # What the zygote still has to do for the child before it may take a request: map its
+        # user (namespaces), then take a copy of its seccomp listener (notified refusals).
+        self.steps = (["map"] if setup.namespaces else []) + (["listener"] if setup.seccomp and SECCOMP.notify else [])
         os.close(request_read)
         os.close(result_write)
         if ruleset >= 0:
             os.close(ruleset)
 
+    @property
+    def ready(self):
+        return not self.steps
+
+    def advance(self):
+        """Takes the child's next set-up message (waiting for it) and does the zygote's part."""
+        step = self.steps.pop(0)
+        first = os.read(self.result_fd, 1)
+        if step == "map" and first == b"u":
+            # Only a process with privileges outside the child's new user namespace can map
+            # another uid than the child's own.
+            map_sandbox_user(self.setup.proc, self.pid)
+            write_all(self.request_fd, b"g")
+        elif step == "listener" and first == b"L":
+            number, = struct.unpack("<i", read_exact(self.result_fd, 4))
+            listener = LIBC.syscall(NUMBERS["pidfd_getfd"], self.pidfd, number, 0)
+            if listener < 0:
+                fail_errno("taking the child's seccomp listener")
+            self.listener = listener
+        else:
+            self.prefix = first  # the child failed before: its report follows
+            self.steps = []
+
+    def prepare(self):
+        while self.steps:
+            self.advance()
+
+    def kill(self):
+        try:
+            if self.pidfd >= 0:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self):
+        """Waits for the child (which has been killed or has exited) and frees what it used;
+        returns its wait status and its rusage."""
+        _, status, usage = os.wait4(self.pid, 0)
+        for fd in (self.pidfd, self.listener):
+            if fd >= 0:
+                os.close(fd)
+        self.pidfd = self.listener = -1
+        if self.host_scratch:
+            remove_tree(self.host_scratch)
+        return status, usage
+
+    def release(self):
+        if self.leaf is not None:
+            self.setup.cgroups.give_back(self.leaf)
+            self.leaf = None
+
     def discard(self):
         for fd in (self.request_fd, self.result_fd):
             if fd >= 0:
                 os.close(fd)
+        self.request_fd = self.result_fd = -1
+        self.kill()
+        self.reap()
+        self.release()
+
+
+def fork_into_pid_namespace(setup):
+    """Forks a child that is pid 1 of a new pid namespace: the zygote's next children go into the
+    namespace it asks for, and it asks for its own back right after."""
+    if LIBC.unshare(CLONE_NEWPID) != 0:
+        fail_errno("unshare(CLONE_NEWPID)")
+    try:
+        pid = os.fork()
+    except BaseException:
+        LIBC.setns(setup.host_pid_namespace, CLONE_NEWPID)
+        raise
+    if pid != 0 and LIBC.setns(setup.host_pid_namespace, CLONE_NEWPID) != 0:
+        fail_errno("setns(CLONE_NEWPID)")
+    return pid
+
+
+def map_sandbox_user(proc, pid):
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{SANDBOX_ID} {SANDBOX_ID} 1"), ("gid_map", f"{SANDBOX_ID} {SANDBOX_ID} 1")):
+        fd = os.open(f"{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        remove_tree(self.scratch)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
 def reap(exited):
-    """Reaps the children that reported before exiting, and removes their scratch directories:
+    """Reaps the children that reported (and were killed after), and frees what they used:
     after the answer is sent, so their teardown does not delay it."""
     while exited:
-        pid, scratch = exited.pop()
-        os.waitpid(pid, 0)
-        remove_tree(scratch)
+        waiting = exited.pop()
+        waiting.reap()
+        waiting.release()
 
 
 def run(waiting, limits, request, later):
     """Hands `request` (the code and rest frames, as they came) to the waiting child and
     collects its result within the deadline. Answers with what happened and a text: the
-    child's result, report or traceback, or why it has none. A child that reported is reaped
-    after the answer is sent (`later`)."""
+    child's result, report or traceback, or why it has none. The child is ended as soon as its
+    result is in (whatever it does afterwards) and reaped after the answer is sent (`later`)."""
     started = time.monotonic()
+    waiting.prepare()
     write_all(waiting.request_fd, request)
     os.close(waiting.request_fd)
     waiting.request_fd = -1
-    read_end, pid, scratch = waiting.result_fd, waiting.pid, waiting.scratch
+    read_end, listener = waiting.result_fd, waiting.listener
+    watched = [read_end] + ([listener] if listener >= 0 else [])
     deadline = started + limits["timeout_ms"] / 1000
-    chunks, size, outcome = [], 0, None
+    chunks, size, outcome, stopped, refused = [waiting.prefix] if waiting.prefix else [], len(waiting.prefix), None, False, []
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 outcome = "timeout", f"Code execution timed out after {limits['timeout_ms'] / 1000:g} s and was stopped."
                 break
-            ready, _, _ = select.select([read_end], [], [], remaining)
-            if not ready:
+            ready, _, _ = select.select(watched, [], [], remaining)
+            if listener in ready:
+                answer_refusal(listener, refused)
+            if read_end not in ready:
                 continue
             chunk = os.read(read_end, 1 << 20)
             if not chunk:
@@ -632,102 +1176,254 @@ def run(waiting, limits, request, later):
     finally:
         os.close(read_end)
         waiting.result_fd = -1
-        if outcome is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     payload = b"".join(chunks)
     kind, text = payload[:1], payload[1:]
+    if outcome is None and kind not in (b"R", b"P", b"E", b"M", b"S") and waiting.pidfd >= 0:
+        # No result, and its pipe is closed: it crashed (and is exiting), or it closed the pipe
+        # and goes on. It gets a moment to exit by itself before it is stopped.
+        exited, _, _ = select.select([waiting.pidfd], [], [], EXIT_GRACE)
+        stopped = not exited
+    waiting.kill()
     elapsed_ms = (time.monotonic() - started) * 1000
-    if outcome is None and kind in (b"R", b"P", b"E", b"M", b"S"):
-        later.append((pid, scratch))
-        status = 0
-    else:
-        _, status = os.waitpid(pid, 0)
-        remove_tree(scratch)
     waiting.collected = True
-    if outcome is None:
-        outcome = outcome_of(kind, payload, status, limits)
-    if outcome is None:
+    if outcome is None and kind in (b"R", b"P", b"E", b"S"):
+        later.append(waiting)
+        if kind == b"E":
+            text += refusals_note(refused)
         return {{b"R": "ok", b"P": "script", b"E": "exception", b"S": "sandbox"}[kind]: True, "elapsed_ms": elapsed_ms}, text
+    status, usage = waiting.reap()
+    memory = waiting.setup.cgroups.out_of_memory(waiting.leaf) if waiting.leaf is not None else (False, None)
+    waiting.release()
+    if outcome is None:
+        outcome = outcome_of(kind, text, status, usage, limits, stopped, memory)
     error, message = outcome
-    return {"error": error, "elapsed_ms": elapsed_ms}, message.encode("utf-8")
+    return {"error": error, "elapsed_ms": elapsed_ms}, message.encode("utf-8") + refusals_note(refused)
 
 
-def outcome_of(kind, payload, status, limits):
-    """Why a child has no text to report, or None when it has."""
-    if kind in (b"R", b"P", b"E", b"S"):
-        return None
-    if kind == b"M" or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV and not payload):
-        return "memory", f"Code ran out of memory (limit {limits['memory_bytes'] // (1024 * 1024)} MiB)."
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-        return "timeout", "Code used more CPU time than its limit and was stopped."
-    if os.WIFSIGNALED(status):
-        return "exit", f"Code was killed by signal {os.WTERMSIG(status)}."
-    return "exit", f"Code exited with status {os.waitstatus_to_exitcode(status)} without a result."
+SIGNAL_MEANINGS = {
+    signal.SIGABRT: "aborted, usually by a library that found its state broken",
+    signal.SIGBUS: "a bad memory access",
+    signal.SIGFPE: "an arithmetic fault",
+    signal.SIGILL: "an illegal instruction",
+    signal.SIGSEGV: "a segmentation fault",
+    signal.SIGTRAP: "a breakpoint trap",
+}
+
+
+def mebibytes(size):
+    return f"{size / (1024 * 1024):g} MiB"
+
+
+def outcome_of(kind, text, status, usage, limits, stopped, memory):
+    """Why a child has no text to report, told as what happened."""
+    oom_killed, cgroup_limit = memory
+    if kind == b"M":
+        try:
+            limit = int(text)
+        except ValueError:
+            limit = limits["memory_bytes"]
+        return "memory", f"Code ran out of memory (limit {mebibytes(limit)})."
+    if stopped:
+        return "exit", "Code closed the sandbox's result pipe without a result and was stopped."
+    if not os.WIFSIGNALED(status):
+        return "exit", f"Code exited with status {os.waitstatus_to_exitcode(status)} without a result."
+    number = os.WTERMSIG(status)
+    cpu_seconds = usage.ru_utime + usage.ru_stime
+    cpu_limit = max(1, -(-limits["timeout_ms"] // 1000))
+    if number == signal.SIGKILL and oom_killed:
+        return "memory", f"Code ran out of memory (limit {mebibytes(cgroup_limit)}) and was stopped by the kernel."
+    # RLIMIT_CPU counts whole seconds: the kernel's SIGKILL at a (possibly lowered) hard limit
+    # comes within a few ticks past one.
+    at_cpu_limit = cpu_seconds >= cpu_limit or (round(cpu_seconds) >= 1 and abs(cpu_seconds - round(cpu_seconds)) < 0.05)
+    if number == signal.SIGXCPU or (number == signal.SIGKILL and at_cpu_limit):
+        return "timeout", f"Code used more CPU time than its limit ({cpu_seconds:.1f} s) and was stopped."
+    if number == signal.SIGSEGV:
+        return "memory", f"Code crashed with a segmentation fault (SIGSEGV), most often from running out of memory (limit {mebibytes(limits['memory_bytes'])}) or of stack in deep recursion."
+    if number == signal.SIGSYS:
+        return "exit", "Code was stopped for a system call in a foreign ABI (32-bit or x32), which the sandbox never allows (SIGSYS)."
+    if number == signal.SIGKILL:
+        return "exit", "Code was killed (SIGKILL) from outside the sandbox: by the host's out-of-memory killer or an operator."
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    meaning = SIGNAL_MEANINGS.get(number)
+    return "exit", f"Code was killed by {name} (signal {number}{': ' + meaning if meaning else ''})."
+
+
+def namespaces_work(setup):
+    """Whether the kernel gives a child everything `lock_down` asks of it: a pid namespace, new
+    user, mount, IPC, UTS and network namespaces with the sandbox's uid mapped, and a tmpfs of
+    its own. Asked once, before the zygote commits to its own mount namespace."""
+    setup.host_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    setup.proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = fork_into_pid_namespace(setup)
+    if pid == 0:
+        status = 1
+        try:
+            os.close(ready_read)
+            os.close(go_write)
+            os.setgroups([])
+            if LIBC.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET) != 0:
+                fail_errno("unshare")
+            os.write(ready_write, b"u")
+            if os.read(go_read, 1) == b"g":
+                become_sandbox_user()
+                mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m")
+                status = 0
+        except BaseException as error:  # noqa: BLE001 - reported as the reason
+            os.write(ready_write, b"S" + str(error).encode("utf-8", "replace"))
+        os._exit(status)
+    os.close(ready_write)
+    os.close(go_read)
+    try:
+        first = os.read(ready_read, 1)
+        if first == b"u":
+            map_sandbox_user(setup.proc, pid)
+            os.write(go_write, b"g")
+        report = os.read(ready_read, 4096)
+    finally:
+        os.close(go_write)
+        os.close(ready_read)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(f"a child cannot get its own namespaces: {report[1:].decode('utf-8', 'replace') or f'status {status}'}")
+
+
+def start_namespaces(setup, read_paths):
+    """Moves the zygote into its own mount namespace rooted in the sandbox's file system, keeping
+    what it needs of the host: its /proc (to map children's users) and its pid namespace."""
+    if LIBC.unshare(CLONE_NEWNS) != 0:
+        fail_errno("unshare(CLONE_NEWNS)")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    setup.scratch_point = scratch_point_for(read_paths)
+    SandboxRoot(setup.config["scratch"]).build(read_paths, setup.scratch_point)
+
+
+def probe(setup):
+    """One execution through the whole lock-down, before any request: what it saw, or why it
+    could not be set up."""
+    limits = dict(limits_of(setup.config), timeout_ms=2000)
+    waiting, later = Waiting(setup, limits), []
+    outcome, text = run(waiting, limits, frame(b"") + frame(b'{"mode": "probe"}'), later)
+    reap(later)
+    if outcome.get("ok"):
+        return json.loads(text), None
+    return None, text.decode("utf-8", "replace")
 
 
 def main():
+    global SECCOMP
     config = json.loads(read_frame())
+    NUMBERS.update(config["syscalls"])
     preload(PRELOAD + (PRELOAD_WITH_NETWORK if config.get("network") else []))
     preload_failures = preload_configured(config.get("preload", []))
-    config["read_paths"] = SYSTEM_READ_PATHS + python_paths() + config.get("read_paths", [])
-    config["privileges"] = privilege_plan()
-    abi = landlock_abi() if config.get("landlock", True) else 0
-    landlock = Landlock(abi, config["read_paths"]) if abi else None
-    config["seccomp"] = config.get("seccomp", True) and seccomp_available()
-    probe_dir = os.path.join(config["scratch"], f"probe{os.getpid()}")
-    os.makedirs(probe_dir, exist_ok=True)
-    os.rmdir(probe_dir)
+    read_paths = read_allow_list(config.get("read_paths", []), config.get("network", False))
+    setup = Setup(config)
+    root = os.geteuid() == 0
+    reasons = {}
+    if root:
+        setup.privileges = "uid 65534" if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))) else "capabilities"
+    if root and config.get("cgroups", True):
+        try:
+            setup.cgroups = Cgroups(config["memory_bytes"], config.get("cgroup_parent"))
+        except OSError as error:
+            reasons["cgroups"] = str(error)
+    elif not root:
+        reasons["cgroups"] = "not root"
+    if root and config.get("namespaces", True):
+        try:
+            namespaces_work(setup)
+            start_namespaces(setup, read_paths)
+            setup.namespaces = True
+        except OSError as error:
+            reasons["namespaces"] = str(error)
+    elif not root:
+        reasons["namespaces"] = "not root"
+    abi = landlock_abi(NUMBERS) if config.get("landlock", True) else 0
+    setup.landlock = Landlock(NUMBERS, abi, read_paths, DEVICES) if abi else None
+    if config.get("seccomp") is not None:
+        SECCOMP = Seccomp(config["seccomp"])
+        setup.seccomp = LIBC.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0
     os.environ.clear()
     os.environ.update(CHILD_ENVIRONMENT)
+    gc.freeze()
+    # A child that cannot be set up in namespaces the kernel offered (namespaces_work) fails the
+    # start: the zygote is already inside its own file system, with no host folder to fall back to.
+    seen, failure = probe(setup)
+    if setup.seccomp and SECCOMP.notify and (failure is not None or (seen or {}).get("refused_errno") != EPERM):
+        # The kernel does not give user notifications (or taking the listener): refusals then
+        # come straight from the filter, unnamed.
+        reasons["seccomp notifications"] = failure or "no EPERM from a notified refusal"
+        SECCOMP.notify = False
+        seen, failure = probe(setup)
+    if failure is not None and setup.cgroups is not None and not setup.namespaces:
+        reasons["cgroups"] = failure
+        setup.cgroups = None
+        seen, failure = probe(setup)
     write_json_frame({
-        "ready": True,
+        "ready": failure is None,
+        "failure": failure,
         "python": sys.version.split()[0],
         "landlock_abi": abi,
-        "seccomp": config["seccomp"],
-        "privileges": config["privileges"],
+        "seccomp": setup.seccomp,
+        "privileges": f"uid {SANDBOX_ID} (nobody) in its own user namespace" if setup.namespaces else setup.privileges,
+        "namespaces": (["user", "pid", "mount", "ipc", "uts"] + ([] if config.get("network") else ["net"])) if setup.namespaces else [],
+        "cgroups": setup.cgroups.describe() if setup.cgroups is not None else "",
+        "off": reasons,
+        "seen": seen,
+        "read_paths": read_paths,
         "preload_failures": preload_failures,
     })
-    gc.freeze()
-    counter = 1
-    waiting = Waiting(config, limits_of(config), landlock, counter)
+    if failure is not None:
+        return
+    waiting = Waiting(setup, limits_of(config))
     later = []
     while True:
+        while not waiting.ready:
+            # The waiting child's set-up, as it asks for it, unless a request comes first.
+            ready, _, _ = select.select([0, waiting.result_fd], [], [])
+            if waiting.result_fd not in ready:
+                break
+            waiting.advance()
         try:
-            limits = read_frame()
+            head = read_frame()
             source = read_frame()
             rest = read_frame()
         except EOFError:
             waiting.discard()
             reap(later)
+            if setup.cgroups is not None:
+                setup.cgroups.close()
             return
         request = frame(source) + frame(rest)
+        request_id = None
         try:
-            limits = limits_of(json.loads(limits))
+            head = json.loads(head)
+            request_id = head.get("id")
+            limits = limits_of(head)
             if limits != waiting.limits:
                 waiting.discard()
-                counter += 1
-                waiting = Waiting(config, limits, landlock, counter)
+                waiting = Waiting(setup, limits)
             try:
-                answer = run(waiting, limits, request, later)
+                outcome, text = run(waiting, limits, request, later)
             except BrokenPipeError:
                 # The waiting child died before its request (killed from outside): a fresh one.
                 waiting.discard()
-                counter += 1
-                waiting = Waiting(config, limits, landlock, counter)
-                answer = run(waiting, limits, request, later)
+                waiting = Waiting(setup, limits)
+                outcome, text = run(waiting, limits, request, later)
         except Exception as error:
             if not waiting.collected:
                 waiting.discard()
             limits = waiting.limits
-            answer = {"error": "sandbox", "elapsed_ms": 0}, f"the sandbox failed: {error}".encode("utf-8", "replace")
-        write_answer(*answer)
+            outcome, text = {"error": "sandbox", "elapsed_ms": 0}, f"the sandbox failed: {error}".encode("utf-8", "replace")
+        outcome["id"] = request_id
+        write_answer(outcome, text)
         reap(later)
         remember_compiled(source)
-        counter += 1
-        waiting = Waiting(config, limits, landlock, counter)
+        waiting = Waiting(setup, limits)
 
 
 if __name__ == "__main__":

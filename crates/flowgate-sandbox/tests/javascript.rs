@@ -3,36 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use flowgate_engine::ports::{CodeCall, CodePort, PortContext, PortErrorKind};
+use flowgate_engine::ports::{CodePort, PortErrorKind};
 use flowgate_engine::value::{Map, Value};
-use flowgate_sandbox::{Sandbox, SandboxConfig};
+use flowgate_sandbox::Sandbox;
 
-async fn sandbox(tag: &str) -> Sandbox {
-    let scratch = std::env::temp_dir().join(format!("flowgate-js-test-{tag}-{}", std::process::id()));
-    let mut config = SandboxConfig::new(scratch);
-    config.timeout = Duration::from_secs(1);
-    config.memory_bytes = 128 * 1024 * 1024;
-    Sandbox::start(config).await.unwrap()
+fn call(code: &str, inputs: &[(&str, Value)]) -> flowgate_engine::ports::CodeCall {
+    common::call_as("app", "javascript", code, inputs)
 }
 
-fn call(code: &str, inputs: &[(&str, Value)]) -> CodeCall {
-    let mut map = Map::default();
-    for (name, value) in inputs {
-        map.insert(Arc::from(*name), value.clone());
-    }
-    let name: Arc<str> = Arc::from("code");
-    let context = PortContext {
-        node_id: name.clone(),
-        node_type: name.clone(),
-        title: name.clone(),
-        run_id: name.clone(),
-        app_id: name.clone(),
-        user_id: name,
-    };
-    CodeCall { context, language: "javascript".into(), code: code.into(), inputs: map }
+fn config(tag: &str, workers: usize) -> flowgate_sandbox::SandboxConfig {
+    let mut config = common::config(&format!("js-{tag}"));
+    config.timeout = Duration::from_secs(1);
+    config.memory_bytes = 128 * 1024 * 1024;
+    config.workers = workers;
+    config
+}
+
+async fn sandbox(tag: &str) -> Sandbox {
+    Sandbox::start(config(tag, 2)).await.unwrap()
 }
 
 async fn run(sandbox: &Sandbox, code: &str) -> Result<Map, (PortErrorKind, String)> {
@@ -118,5 +110,79 @@ async fn five_hundred_concurrent_executions_all_succeed() {
     for (n, result) in futures::future::join_all(runs).await {
         let outputs = result.unwrap_or_else(|error| panic!("execution {n} failed: {error:?}"));
         assert_eq!(outputs.get("result"), Some(&Value::Int(n * 2 + 1225)));
+    }
+}
+
+/// A built-in that runs long cannot be interrupted inside QuickJS: the worker is killed at the
+/// deadline and replaced, and executions in other workers go on meanwhile.
+#[tokio::test]
+async fn long_built_ins_are_stopped_at_the_deadline_and_block_no_one_else() {
+    let sandbox = Sandbox::start(config("built-ins", 2)).await.unwrap();
+    for code in [
+        "function main() { return {result: Array.prototype.join.call({length: 2 ** 53 - 1}, '')}; }",
+        "function main() { return {result: new Array(1e9).join('').length}; }",
+        "function main() { return {result: Array.prototype.indexOf.call({length: 2 ** 53 - 1}, 1)}; }",
+    ] {
+        let started = Instant::now();
+        let stuck = sandbox.execute(call(code, &[]));
+        let others = async {
+            // Another app's node, ten times, while the first holds its worker.
+            for n in 0..10 {
+                let outputs = sandbox
+                    .execute(common::call_as(
+                        "other-app",
+                        "javascript",
+                        "function main({n}) { return {result: n + 1}; }",
+                        &[("n", Value::Int(n))],
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(outputs.get("result"), Some(&Value::Int(n + 1)));
+            }
+            started.elapsed()
+        };
+        let (stuck, others_took) = tokio::join!(stuck, others);
+        let error = stuck.unwrap_err();
+        assert_eq!(error.kind, PortErrorKind::Timeout, "{code}: {error:?}");
+        assert_eq!(error.message, "Code execution timed out after 1 s and was stopped.", "{code}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{code}: stopped after {:?}", started.elapsed());
+        assert!(others_took < Duration::from_secs(1), "{code}: the other app waited {others_took:?}");
+    }
+    still_healthy(&sandbox).await;
+}
+
+/// With one worker, a stuck execution holds the others back only until its deadline.
+#[tokio::test]
+async fn with_one_worker_a_stuck_execution_holds_others_only_until_its_deadline() {
+    let sandbox = Sandbox::start(config("one-worker", 1)).await.unwrap();
+    let started = Instant::now();
+    let stuck = sandbox.execute(call("function main() { return {result: new Array(1e9).join('').length}; }", &[]));
+    let next = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outputs = sandbox.execute(call("function main() { return {result: 'next'}; }", &[])).await.unwrap();
+        assert_eq!(outputs.get("result"), Some(&Value::str("next")));
+        started.elapsed()
+    };
+    let (stuck, next_done) = tokio::join!(stuck, next);
+    assert_eq!(stuck.unwrap_err().kind, PortErrorKind::Timeout);
+    assert!(next_done < Duration::from_secs(3), "the next execution waited {next_done:?}");
+}
+
+/// The workers run as nobody in namespaces of their own, under seccomp, with no new privileges.
+#[tokio::test]
+async fn workers_are_locked_down() {
+    let sandbox = sandbox("locked").await;
+    still_healthy(&sandbox).await;
+    let pids = sandbox.javascript_pids().await;
+    assert!(!pids.is_empty());
+    for pid in pids {
+        assert_eq!(common::uids_of(pid), "65534 65534 65534 65534");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]), "{status}");
+        assert!(status.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]), "{status}");
+        for namespace in ["user", "net", "ipc", "mnt"] {
+            let own = std::fs::read_link(format!("/proc/{pid}/ns/{namespace}")).unwrap();
+            assert_ne!(own, std::fs::read_link(format!("/proc/self/ns/{namespace}")).unwrap(), "{namespace}");
+        }
     }
 }

@@ -17,8 +17,8 @@ pub struct CodeArgs {
     /// The Python 3 interpreter code nodes run in.
     #[arg(long = "code-python", env = "FLOWGATE_CODE_PYTHON", default_value = "python3")]
     pub python: PathBuf,
-    /// `required`: code nodes refuse to run unless seccomp and landlock are both active;
-    /// `best-effort`: they run with what the kernel offers (logged at start).
+    /// `required`: code nodes refuse to run unless namespaces, seccomp and landlock are all
+    /// active; `best-effort`: they run with what the machine offers (logged at start).
     #[arg(long = "code-isolation", env = "FLOWGATE_CODE_ISOLATION", default_value = "best-effort", value_parser = ["best-effort", "required"])]
     pub isolation: String,
     /// Code executions at once (default: the number of cores).
@@ -94,7 +94,11 @@ pub async fn code_port(args: &CodeArgs) -> Arc<dyn CodePort> {
 }
 
 async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) {
-    let scratch = std::env::temp_dir().join(format!("flowgate-code-{}", std::process::id()));
+    // Unique even when pids repeat (each container starts its server as pid 1); holds nothing
+    // while the sandbox runs (every execution writes into a tmpfs of its own) and is removed
+    // with the sandbox.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
+    let scratch = std::env::temp_dir().join(format!("flowgate-code-{}-{nonce:x}", std::process::id()));
     let mut config = SandboxConfig::new(scratch);
     config.python = args.python.clone();
     if let Some(workers) = args.workers {
@@ -123,6 +127,13 @@ async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) 
                     "code sandbox on WITHOUT {}: set FLOWGATE_CODE_ISOLATION=required to refuse code nodes instead",
                     missing.join(" and ")
                 );
+            }
+            match sandbox.javascript_protections() {
+                Ok(javascript) if javascript.seccomp && javascript.off.is_empty() => {
+                    tracing::info!(protections = %javascript.describe(), "JavaScript sandbox on");
+                }
+                Ok(javascript) => tracing::warn!(protections = %javascript.describe(), "JavaScript sandbox on with protections off"),
+                Err(reason) => tracing::warn!(%reason, "JavaScript code nodes will fail"),
             }
             for failure in &protections.preload_failures {
                 tracing::warn!(module = %failure, "FLOWGATE_CODE_PRELOAD: cannot import; code importing it fails the same way");

@@ -133,6 +133,10 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The sandbox's JavaScript workers are this binary too; they lock down before anything else.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == flowgate_sandbox::JAVASCRIPT_WORKER_ARG) {
+        return flowgate_sandbox::javascript_worker_main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),

@@ -106,7 +106,8 @@ fn code_nodes_read_the_shared_folders_and_start_with_the_preloaded_modules() {
     let outputs = &response["data"]["outputs"];
     assert_eq!(outputs["files"], serde_json::json!(["a.csv", "b.csv"]));
     assert_eq!(outputs["first"], "city,total\n");
-    assert_eq!(outputs["write"], "PermissionError");
+    // A read path is bound read-only into the sandbox: writing is refused as on a read-only disk.
+    assert_eq!(outputs["write"], "OSError");
     assert_eq!(outputs["preloaded"], serde_json::json!(["email.parser", "wave"]));
     assert!(!shared.join("written.txt").exists());
 
@@ -116,7 +117,7 @@ fn code_nodes_read_the_shared_folders_and_start_with_the_preloaded_modules() {
     let (_, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&key), Some(&body));
     let response: Json = serde_json::from_str(&response).unwrap();
     assert_eq!(response["data"]["status"], "failed", "{response}");
-    assert!(response["data"]["error"].as_str().unwrap().contains("PermissionError"), "{response}");
+    assert!(response["data"]["error"].as_str().unwrap().contains("FileNotFoundError"), "{response}");
 }
 
 #[test]
