@@ -105,6 +105,9 @@ pub struct HttpRequest {
     pub verify_tls: bool,
     /// The response body may not exceed this many bytes.
     pub max_response_bytes: usize,
+    /// Headers that carry credentials set by the node's authorization (besides `Authorization`
+    /// and cookies): dropped when a redirect leaves the origin.
+    pub credential_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

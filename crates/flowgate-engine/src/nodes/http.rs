@@ -147,8 +147,10 @@ impl HttpRequestNode {
         let query: Vec<(String, String)> =
             self.params.iter().map(|(key, value)| (key.render(pool, Render::Text), value.render(pool, Render::Text))).collect();
         let mut headers = parse_headers(&self.headers.render(pool, Render::Text));
+        let mut credential_headers = Vec::new();
         if let (Some((kind, _, header)), Some(api_key)) = (&self.auth, &api_key) {
             let header = if header.is_empty() { "Authorization".to_owned() } else { header.clone() };
+            credential_headers.push(header.clone());
             let value = match kind.as_str() {
                 "bearer" => Some(format!("Bearer {api_key}")),
                 "basic" => Some(format!("Basic {}", basic_credentials(api_key))),
@@ -184,6 +186,7 @@ impl HttpRequestNode {
             url,
             query,
             headers,
+            credential_headers,
             body,
             timeouts: self.timeouts.clone(),
             verify_tls: self.verify_tls,
@@ -275,6 +278,8 @@ struct Prepared {
     url: String,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
+    /// The header the node's authorization sets.
+    credential_headers: Vec<String>,
     body: PreparedBody,
     timeouts: HttpTimeouts,
     verify_tls: bool,
@@ -383,6 +388,7 @@ async fn execute(http: Arc<dyn HttpPort>, files: Option<Arc<dyn FilePort>>, prep
         timeouts: prepared.timeouts.clone(),
         verify_tls: prepared.verify_tls,
         max_response_bytes: MAX_BINARY_BYTES,
+        credential_headers: prepared.credential_headers.clone(),
     };
     let response = match http.send(request).await {
         Ok(response) => response,
