@@ -77,6 +77,9 @@ struct Options {
     concurrency: usize,
     /// A pause after each execution in every loop: a load below saturation.
     pause_ms: u64,
+    /// Rounds of the protection-cost table (0: none): the pool with each protection turned off
+    /// in turn, alternating, medians of the rounds.
+    costs: usize,
     /// An interpreter with pandas (`scripts/sdk-python sandbox-packages`), for the pandas rows.
     packages_python: Option<String>,
     pandas: usize,
@@ -84,7 +87,8 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
-    let mut options = Options { executions: 100_000, cold: 300, concurrency: cores, pause_ms: 0, packages_python: None, pandas: 300 };
+    let mut options =
+        Options { executions: 100_000, cold: 300, concurrency: cores, pause_ms: 0, costs: 0, packages_python: None, pandas: 300 };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -99,6 +103,7 @@ fn options() -> Result<Options, String> {
             "--concurrency" => options.concurrency = number.max(1),
             "--pause-ms" => options.pause_ms = number as u64,
             "--pandas" => options.pandas = number,
+            "--costs" => options.costs = number,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -266,7 +271,7 @@ fn main() {
             all.extend(through_pool(&sandbox, &payload, chunk, options.concurrency, pause).await);
             memory.push((all.len(), pool_rss_mib(&sandbox).await));
         }
-        report("Python: flowgate zygote pool (fork per execution, seccomp + landlock)", all, started.elapsed());
+        report("Python: flowgate zygote pool (fork per execution; namespaces, cgroup, seccomp, landlock)", all, started.elapsed());
         through(&sandbox, "javascript", JAVASCRIPT, &payload, options.concurrency * 20, options.concurrency, Duration::ZERO).await;
         let started = Instant::now();
         let javascript =
@@ -286,6 +291,9 @@ fn main() {
         if let (Some(python), true) = (&options.packages_python, options.pandas > 0) {
             pandas_rows(python, &options).await;
         }
+        if options.costs > 0 {
+            protection_costs(&payload, &options).await;
+        }
         println!();
         println!("| executions | pool RSS (all zygotes) |");
         println!("|---|---|");
@@ -293,6 +301,60 @@ fn main() {
             println!("| {executions} | {mib:.1} MiB |");
         }
     });
+}
+
+/// What each protection costs: the pool with one protection off at a time (and all off), in
+/// alternating rounds so that a machine's drift hits every variant alike; medians of the rounds.
+async fn protection_costs(payload: &Arc<str>, options: &Options) {
+    type Switch = fn(&mut SandboxConfig);
+    let variants: [(&str, Switch); 6] = [
+        ("all protections", |_| {}),
+        ("without namespaces (the mount tree, pid, user, IPC, UTS, network)", |config| config.namespaces = false),
+        ("without cgroups", |config| config.cgroups = false),
+        ("without seccomp", |config| config.seccomp = false),
+        ("without landlock", |config| config.landlock = false),
+        ("without any of them (fork, rlimits, dropped privileges)", |config| {
+            config.namespaces = false;
+            config.cgroups = false;
+            config.seccomp = false;
+            config.landlock = false;
+        }),
+    ];
+    let executions = options.executions.min(3000);
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    for _ in 0..options.costs {
+        for (index, (_, switch)) in variants.iter().enumerate() {
+            let mut config = SandboxConfig::new(std::env::temp_dir().join(format!("flowgate-bench-costs-{index}-{}", std::process::id())));
+            config.workers = options.concurrency;
+            switch(&mut config);
+            let Ok(sandbox) = Sandbox::start(config).await else {
+                eprintln!("error: the sandbox without {} did not start", variants[index].0);
+                continue;
+            };
+            through_pool(&sandbox, payload, options.concurrency * 20, options.concurrency, Duration::ZERO).await;
+            let started = Instant::now();
+            let mut latencies = through_pool(&sandbox, payload, executions, options.concurrency, Duration::ZERO).await;
+            let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+            latencies.sort();
+            results[index].push((percentile(&latencies, 0.5), rate));
+        }
+    }
+    println!();
+    println!(
+        "What each protection costs ({} rounds of {executions} executions at concurrency {}, medians):",
+        options.costs, options.concurrency
+    );
+    println!();
+    println!("| Python pool | p50 ms | executions/s |");
+    println!("|---|---|---|");
+    for ((name, _), rounds) in variants.iter().zip(&mut results) {
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (mut p50s, mut rates): (Vec<f64>, Vec<f64>) = rounds.iter().copied().unzip();
+        println!("| {name} | {:.2} | {:.0} |", median(&mut p50s), median(&mut rates));
+    }
 }
 
 /// A pandas code node: imported by each execution, preloaded in the zygotes

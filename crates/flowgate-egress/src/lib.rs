@@ -125,9 +125,8 @@ impl EgressClient {
 
     /// Sends a request, following up to ten redirects, each checked like the first hop.
     pub async fn send(&self, request: HttpRequest) -> Result<HttpResponse, PortError> {
-        let mut url = Url::parse(&request.url).map_err(|error| {
-            PortError::new(PortErrorKind::InvalidRequest, format!("invalid URL {}: {error}", shown(&request.url)))
-        })?;
+        let mut url = Url::parse(&request.url)
+            .map_err(|error| PortError::new(PortErrorKind::InvalidRequest, format!("invalid URL {}: {error}", shown(&request.url))))?;
         if !request.query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in &request.query {
@@ -190,7 +189,10 @@ impl EgressClient {
         };
         let response = self.send(request).await?;
         if !(200..300).contains(&response.status) {
-            return Err(PortError::new(PortErrorKind::Upstream, format!("fetching {} failed with status code {}", shown(url), response.status)));
+            return Err(PortError::new(
+                PortErrorKind::Upstream,
+                format!("fetching {} failed with status code {}", shown(url), response.status),
+            ));
         }
         Ok(response.body)
     }
@@ -479,26 +481,23 @@ mod tests {
         assert!(seen.contains("x-trace: kept"), "{seen}");
 
         // The same origin keeps them (a login flow redirecting within its own site).
-        let same = echo().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let target = same;
         tokio::spawn(async move {
-            // First request: redirect to /next on this same origin; later ones: relay to the echo server's answer.
+            // The first request is redirected to /next on this origin; the next is echoed.
             let mut first = true;
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buffer = vec![0u8; 16384];
                 let read = socket.read(&mut buffer).await.unwrap_or(0);
                 let answer = if first {
                     first = false;
-                    format!("HTTP/1.1 302 Found\r\nlocation: /next\r\ncontent-length: 0\r\n\r\n")
+                    "HTTP/1.1 302 Found\r\nlocation: /next\r\ncontent-length: 0\r\n\r\n".to_owned()
                 } else {
                     let seen = String::from_utf8_lossy(&buffer[..read]).into_owned();
                     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{seen}", seen.len())
                 };
                 let _ = socket.write_all(answer.as_bytes()).await;
             }
-            drop(target);
         });
         let response = client.send(with_credentials(&format!("http://{address}/start"))).await.unwrap();
         let seen = String::from_utf8_lossy(&response.body).to_ascii_lowercase();
@@ -539,11 +538,13 @@ mod tests {
             }
         });
         let embedded = ["::ffff:0:7f00:1", "64:ff9b::7f00:1", "64:ff9b:1::7f00:1", "::7f00:1", "2002:7f00:1::1", "::ffff:0:a9fe:a9fe"];
-        let table: Vec<(String, IpAddr)> = embedded.iter().enumerate().map(|(n, address)| (format!("host{n}.test"), address.parse().unwrap())).collect();
+        let table: Vec<(String, IpAddr)> =
+            embedded.iter().enumerate().map(|(n, address)| (format!("host{n}.test"), address.parse().unwrap())).collect();
         let lookup: Lookup = {
             let table = table.clone();
             Arc::new(move |host: String| {
-                let found: Vec<SocketAddr> = table.iter().filter(|(name, _)| *name == host).map(|(_, ip)| SocketAddr::new(*ip, 0)).collect();
+                let found: Vec<SocketAddr> =
+                    table.iter().filter(|(name, _)| *name == host).map(|(_, ip)| SocketAddr::new(*ip, 0)).collect();
                 Box::pin(async move { Ok(found) })
             })
         };

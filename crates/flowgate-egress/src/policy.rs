@@ -169,7 +169,8 @@ mod tests {
     #[test]
     fn every_ipv6_form_that_embeds_ipv4_is_judged_by_the_ipv4_inside() {
         let policy = IpPolicy::default();
-        let forms: [(&str, fn(Ipv4Addr) -> Ipv6Addr); 7] = [
+        type Embed = fn(Ipv4Addr) -> Ipv6Addr;
+        let forms: [(&str, Embed); 7] = [
             ("mapped ::ffff:0:0/96", |v4| v4.to_ipv6_mapped()),
             ("compatible ::/96", |v4| v4.to_ipv6_compatible()),
             ("translated ::ffff:0:0:0/96", |v4| {
@@ -194,8 +195,22 @@ mod tests {
             }),
         ];
         let refused_v4 = [
-            "0.0.0.1", "10.0.0.1", "100.64.0.1", "127.0.0.1", "169.254.169.254", "172.16.0.1", "192.0.0.1", "192.0.2.1", "192.88.99.1",
-            "192.168.0.1", "198.18.0.1", "198.51.100.1", "203.0.113.1", "224.0.0.1", "240.0.0.1", "255.255.255.255",
+            "0.0.0.1",
+            "10.0.0.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "192.0.0.1",
+            "192.0.2.1",
+            "192.88.99.1",
+            "192.168.0.1",
+            "198.18.0.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
         ];
         for (form, embed) in forms {
             for inner in refused_v4 {
@@ -206,7 +221,9 @@ mod tests {
             assert!(policy.allows(address), "{form}: {address} carries a public address");
         }
         // Forms whose IPv4 address cannot be read or lies behind a local translator: refused whole.
-        for address in ["64:ff9b:1::7f00:1", "64:ff9b:1:5db8:d822::", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::1", "2001:2::1", "2001:10::1"] {
+        for address in
+            ["64:ff9b:1::7f00:1", "64:ff9b:1:5db8:d822::", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::1", "2001:2::1", "2001:10::1"]
+        {
             assert!(!allowed(&policy, address), "{address} should be refused");
         }
         // The example: ::ffff:0:7f00:1 is 127.0.0.1, translated.

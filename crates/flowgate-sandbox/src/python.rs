@@ -40,6 +40,9 @@ pub struct Protections {
     /// The namespaces each execution gets of its own (`user`, `pid`, `mount`, `ipc`, `uts`, and
     /// `net` unless code may use the network); empty when the kernel or the user refuses them.
     pub namespaces: Vec<String>,
+    /// How executions without network get their (empty) network namespace: `a new one per
+    /// execution`, or one per worker that the seccomp filter keeps every execution from changing.
+    pub network_namespace: String,
     /// `v1 cpu,memory,pids` or `v2 …` when each execution has a cgroup of its own; empty when
     /// rlimits alone bound it.
     pub cgroups: String,
@@ -75,7 +78,10 @@ impl Protections {
     }
 
     pub fn describe(&self) -> String {
-        let namespaces = if self.namespaces.is_empty() { "OFF".to_owned() } else { self.namespaces.join(",") };
+        let mut namespaces = if self.namespaces.is_empty() { "OFF".to_owned() } else { self.namespaces.join(",") };
+        if !self.network_namespace.is_empty() {
+            namespaces.push_str(&format!(" (net: {})", self.network_namespace));
+        }
         let cgroups = if self.cgroups.is_empty() { "OFF (rlimits only)".to_owned() } else { self.cgroups.clone() };
         let mut text = format!(
             "Python {}: namespaces {namespaces}, {}, seccomp {}, landlock {}, cgroups {cgroups}, rlimits on, no_new_privs on, {} read paths, network {}",
@@ -200,6 +206,7 @@ impl Zygote {
             seccomp: hello.get("seccomp").and_then(Json::as_bool).unwrap_or(false),
             privileges: text("privileges"),
             namespaces: texts("namespaces"),
+            network_namespace: text("network_namespace"),
             cgroups: text("cgroups"),
             off: hello
                 .get("off")

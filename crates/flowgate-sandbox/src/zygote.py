@@ -478,6 +478,11 @@ class SandboxRoot:
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def scratch_bytes(memory_bytes):
+    """The size of an execution's scratch tmpfs (its pages count as memory, in the cgroup)."""
+    return max(memory_bytes // 4, 16 * 1024 * 1024)
+
+
 def scratch_point_for(read_paths):
     """Where each child's private tmpfs goes: /tmp, unless a read path lies below it."""
     if any(path == "/tmp" or path.startswith("/tmp/") for path in read_paths):
@@ -529,14 +534,14 @@ def own_cgroups():
 
 
 class Cgroups:
-    """A group per zygote in each controller it may use: a leaf the zygote lives in (which marks
-    the group as in use) and a few leaves its children take in turn, each child joining its own,
-    still root, before anything else. Leaves are reused rather than made and removed per
-    execution (that costs about a millisecond), each keeping the limits written into it."""
+    """A cgroup per zygote in each controller it may use, holding the zygote and the children it
+    forks (born in it: moving each child into a group of its own cost a cgroup migration per
+    execution, whose RCU grace periods stalled the next request by up to 20 ms). A zygote runs
+    one execution at a time, so its group bounds that execution: memory (the execution's limit,
+    its scratch tmpfs and the zygote's own pages), threads, and one core of CPU time. RLIMIT_AS
+    and RLIMIT_NPROC bound each execution exactly on top."""
 
-    LEAVES = 4
-
-    def __init__(self, memory_bytes, configured_parent):
+    def __init__(self, memory_bytes, scratch_bytes, configured_parent):
         self.version, folders = own_cgroups()
         if configured_parent:
             self.version, folders = 2, {name: configured_parent for name in ("memory", "pids", "cpu")}
@@ -564,16 +569,17 @@ class Cgroups:
                 self.parents[controller] = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             self.controllers = self.distinct()
             for controller in self.controllers:
-                os.mkdir("zygote", dir_fd=self.folders[controller])
-                self.write(controller, "zygote", "cgroup.procs", 0)
-            self.limits, self.kills, self.free = {}, {}, []
-            for index in range(self.LEAVES):
-                self.free.append(self.make(f"x{index}", memory_bytes))
+                os.mkdir("worker", dir_fd=self.folders[controller])
+            own_pages = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            self.limit = memory_bytes + scratch_bytes + 2 * own_pages + 64 * 1024 * 1024
+            self.configure()
+            for controller in self.controllers:
+                self.write(controller, "cgroup.procs", 0)
         except OSError:
             for path in reversed(made):
                 remove_group(path)
             raise
-        self.memory_bytes = memory_bytes
+        self.kills = self.oom_kills()
 
     def distinct(self):
         """One controller per distinct folder (v2 has all controllers in one)."""
@@ -585,16 +591,16 @@ class Cgroups:
                 names.append(controller)
         return names
 
-    def write(self, controller, leaf, name, value):
-        fd = os.open(f"{leaf}/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
+    def write(self, controller, name, value):
+        fd = os.open(f"worker/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
         try:
             os.write(fd, str(value).encode())
         finally:
             os.close(fd)
 
-    def read(self, controller, leaf, name):
+    def read(self, controller, name):
         try:
-            fd = os.open(f"{leaf}/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
+            fd = os.open(f"worker/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.folders[controller])
         except OSError:
             return ""
         try:
@@ -602,57 +608,36 @@ class Cgroups:
         finally:
             os.close(fd)
 
-    def make(self, leaf, memory_bytes):
-        for controller in self.controllers:
-            os.mkdir(leaf, dir_fd=self.folders[controller])
-        self.write("pids", leaf, "pids.max", MAX_THREADS)
+    def configure(self):
+        # The execution's threads, plus the zygote, its spare children and those still dying.
+        self.write("pids", "pids.max", MAX_THREADS + 16)
         if "cpu" in self.folders:
             # One core's worth of time per period: threads cannot take another tenant's core.
             if self.version == 1:
-                self.write("cpu", leaf, "cpu.cfs_period_us", 100000)
-                self.write("cpu", leaf, "cpu.cfs_quota_us", 100000)
+                self.write("cpu", "cpu.cfs_period_us", 100000)
+                self.write("cpu", "cpu.cfs_quota_us", 100000)
             else:
-                self.write("cpu", leaf, "cpu.max", "100000 100000")
-        self.set_memory(leaf, memory_bytes)
-        return leaf
-
-    def set_memory(self, leaf, memory_bytes):
+                self.write("cpu", "cpu.max", "100000 100000")
         names = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if self.version == 1 else ("memory.max", "memory.swap.max")
-        self.write("memory", leaf, names[0], memory_bytes)
+        self.write("memory", names[0], self.limit)
         try:
-            self.write("memory", leaf, names[1], memory_bytes if self.version == 1 else 0)
+            self.write("memory", names[1], self.limit if self.version == 1 else 0)
         except OSError:
             pass  # no swap accounting: nothing to limit
-        self.limits[leaf] = memory_bytes
 
-    def take(self, memory_bytes):
-        """A free leaf with `memory_bytes` as its limit, for the next child."""
-        leaf = self.free.pop(0) if self.free else self.make(f"x{len(self.limits)}", memory_bytes)
-        if self.limits.get(leaf) != memory_bytes:
-            self.set_memory(leaf, memory_bytes)
-        self.kills[leaf] = self.oom_kills(leaf)
-        return leaf
-
-    def give_back(self, leaf):
-        """After its child is reaped (a reaped process has left its cgroup)."""
-        self.free.append(leaf)
-
-    def enter(self, leaf):
-        """In the child, as root: joins its leaf in every controller."""
-        for controller in self.controllers:
-            self.write(controller, leaf, "cgroup.procs", 0)
-
-    def oom_kills(self, leaf):
-        events = self.read("memory", leaf, "memory.oom_control" if self.version == 1 else "memory.events")
+    def oom_kills(self):
+        events = self.read("memory", "memory.oom_control" if self.version == 1 else "memory.events")
         for line in events.splitlines():
             fields = line.split()
             if fields[:1] == ["oom_kill"] and len(fields) == 2 and fields[1].isdigit():
                 return int(fields[1])
         return 0
 
-    def out_of_memory(self, leaf):
-        """Whether the kernel killed in `leaf` for its memory limit since it was taken, and that limit."""
-        return self.oom_kills(leaf) > self.kills.get(leaf, 0), self.limits.get(leaf, self.memory_bytes)
+    def out_of_memory(self):
+        """Whether the kernel killed in the group for its memory limit since last asked, and that limit."""
+        kills = self.oom_kills()
+        killed, self.kills = kills > self.kills, kills
+        return killed, self.limit
 
     def close(self):
         """At the zygote's end: back to the cgroup it came from, and its group removed."""
@@ -665,14 +650,13 @@ class Cgroups:
                     os.write(fd, b"0")
                 finally:
                     os.close(fd)
-                for leaf in ["zygote", *self.limits]:
-                    os.rmdir(leaf, dir_fd=self.folders[controller])
+                os.rmdir("worker", dir_fd=self.folders[controller])
                 os.rmdir(self.group, dir_fd=self.parents[controller])
             except OSError:
                 pass
 
     def describe(self):
-        return f"v{self.version} " + ",".join(sorted(self.folders))
+        return f"v{self.version} " + ",".join(sorted(self.folders)) + " (one group per worker)"
 
 
 def remove_group(path):
@@ -690,14 +674,14 @@ def remove_group(path):
 
 def remove_stale_groups(folder):
     """Groups of zygotes that are gone (killed before they could remove theirs): a live zygote
-    is always in its group's `zygote` leaf."""
+    is always in its group's `worker` leaf."""
     try:
         names = [name for name in os.listdir(folder) if name.startswith("flowgate-code-")]
     except OSError:
         return
     for name in names:
         try:
-            with open(os.path.join(folder, name, "zygote", "cgroup.procs")) as procs:
+            with open(os.path.join(folder, name, "worker", "cgroup.procs")) as procs:
                 if procs.read().strip():
                     continue
         except OSError:
@@ -763,6 +747,8 @@ class Setup:
         self.namespaces = False  # a pid namespace per child, user/mount/ipc/uts/net namespaces
         self.proc = -1  # the host's /proc, to write a child's uid and gid maps
         self.host_pid_namespace = -1
+        # An empty network namespace children without network join (see `offline_network`).
+        self.offline_network = -1
         self.cgroups = None
         self.landlock = None
         self.seccomp = False
@@ -771,14 +757,11 @@ class Setup:
         self.counter = 0
 
 
-def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
+def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd):
     os.setsid()
     for fd in (0, 1, 2):
         os.dup2(DEV_NULL, fd)
-    keep = [request_fd, result_fd, ruleset]
-    if setup.cgroups is not None:
-        keep.extend(setup.cgroups.folders.values())
-        keep.extend(setup.cgroups.parents.values())
+    keep = [request_fd, result_fd, ruleset, setup.offline_network]
     # Nothing of the zygote's stays open but this child's pipes, its landlock rules and (until
     # it has joined them) its cgroup folders.
     low = 3
@@ -786,13 +769,18 @@ def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 16)
-    if setup.cgroups is not None:
-        setup.cgroups.enter(leaf)
-        for fd in [*setup.cgroups.folders.values(), *setup.cgroups.parents.values()]:
-            os.close(fd)
     if setup.namespaces:
         os.setgroups([])
-        flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if limits["network"] else CLONE_NEWNET)
+        network = 0
+        if not limits["network"]:
+            if shares_offline_network(setup):
+                if LIBC.setns(setup.offline_network, CLONE_NEWNET) != 0:
+                    fail_errno("joining the empty network namespace")
+            else:
+                network = CLONE_NEWNET
+        if setup.offline_network >= 0:
+            os.close(setup.offline_network)
+        flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | network
         if LIBC.unshare(flags) != 0:
             fail_errno("unshare")
         # The zygote maps uid and gid 65534 into the new user namespace, then says go.
@@ -800,7 +788,7 @@ def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
         if os.read(request_fd, 1) != b"g":
             os._exit(0)
         become_sandbox_user()
-        size = max(limits["memory_bytes"] // 4, 16 * 1024 * 1024)
+        size = scratch_bytes(limits["memory_bytes"])
         mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size},mode=0700,uid={SANDBOX_ID},gid={SANDBOX_ID}")
     os.chdir(scratch)
     os.environ["HOME"] = scratch
@@ -877,12 +865,12 @@ def memory_limit_in_force():
     return resource.getrlimit(resource.RLIMIT_AS)[0]
 
 
-def child(setup, limits, scratch, ruleset, request_fd, result_fd, leaf):
+def child(setup, limits, scratch, ruleset, request_fd, result_fd):
     """Locks down, then waits for its one request (the zygote forks it ahead of time)."""
     status = 0
     try:
         try:
-            listener = lock_down(setup, limits, scratch, ruleset, request_fd, result_fd, leaf)
+            listener = lock_down(setup, limits, scratch, ruleset, request_fd, result_fd)
         except Exception as error:
             os.write(result_fd, b"S" + f"the sandbox could not be set up: {error}".encode("utf-8", "replace"))
             os._exit(3)
@@ -1016,7 +1004,6 @@ class Waiting:
         self.setup = setup
         self.limits = limits
         setup.counter += 1
-        self.leaf = setup.cgroups.take(limits["memory_bytes"]) if setup.cgroups is not None else None
         # Whether the child is reaped or queued to be (`run`); otherwise `discard` ends it.
         self.collected = False
         self.prefix = b""
@@ -1033,7 +1020,7 @@ class Waiting:
         if self.pid == 0:
             os.close(self.request_fd)
             os.close(self.result_fd)
-            child(setup, limits, self.scratch, ruleset, request_read, result_write, self.leaf)
+            child(setup, limits, self.scratch, ruleset, request_read, result_write)
         self.pidfd = open_pidfd(self.pid)
         self.listener = -1
         # What the zygote still has to do for the child before it may take a request: map its
@@ -1092,11 +1079,6 @@ class Waiting:
             remove_tree(self.host_scratch)
         return status, usage
 
-    def release(self):
-        if self.leaf is not None:
-            self.setup.cgroups.give_back(self.leaf)
-            self.leaf = None
-
     def discard(self):
         for fd in (self.request_fd, self.result_fd):
             if fd >= 0:
@@ -1104,7 +1086,6 @@ class Waiting:
         self.request_fd = self.result_fd = -1
         self.kill()
         self.reap()
-        self.release()
 
 
 def fork_into_pid_namespace(setup):
@@ -1132,15 +1113,33 @@ def map_sandbox_user(proc, pid):
 
 
 def reap(exited):
-    """Reaps the children that reported (and were killed after), and frees what they used:
-    after the answer is sent, so their teardown does not delay it."""
+    """Reaps the children that reported (and were killed after), and frees what they used."""
     while exited:
         waiting = exited.pop()
         waiting.reap()
-        waiting.release()
 
 
-def run(waiting, limits, request, later):
+# Children killed after they reported, reaped once gone; past this many the oldest is waited for.
+MAX_DYING = 8
+# Children forked and locked down ahead of requests: with two, a child's set-up (its cgroup and
+# namespaces wait on RCU grace periods) overlaps the execution before it instead of delaying
+# the next request.
+PREFORK = 2
+
+
+def reap_gone(dying, ready):
+    """Reaps the dying children whose pidfd says they are gone (their teardown, a namespace's
+    RCU grace period among it, is not waited for with a request in line)."""
+    for waiting in list(dying):
+        if waiting.pidfd < 0 or waiting.pidfd in ready:
+            dying.remove(waiting)
+            waiting.reap()
+    while len(dying) > MAX_DYING:
+        waiting = dying.pop(0)
+        waiting.reap()
+
+
+def run(waiting, limits, request, later, spares=()):
     """Hands `request` (the code and rest frames, as they came) to the waiting child and
     collects its result within the deadline. Answers with what happened and a text: the
     child's result, report or traceback, or why it has none. The child is ended as soon as its
@@ -1151,7 +1150,6 @@ def run(waiting, limits, request, later):
     os.close(waiting.request_fd)
     waiting.request_fd = -1
     read_end, listener = waiting.result_fd, waiting.listener
-    watched = [read_end] + ([listener] if listener >= 0 else [])
     deadline = started + limits["timeout_ms"] / 1000
     chunks, size, outcome, stopped, refused = [waiting.prefix] if waiting.prefix else [], len(waiting.prefix), None, False, []
     try:
@@ -1160,7 +1158,13 @@ def run(waiting, limits, request, later):
             if remaining <= 0:
                 outcome = "timeout", f"Code execution timed out after {limits['timeout_ms'] / 1000:g} s and was stopped."
                 break
+            # The spare children's set-up goes on meanwhile, so the next request finds one ready.
+            setting_up = [spare for spare in spares if not spare.ready]
+            watched = [read_end] + ([listener] if listener >= 0 else []) + [spare.result_fd for spare in setting_up]
             ready, _, _ = select.select(watched, [], [], remaining)
+            for spare in setting_up:
+                if spare.result_fd in ready:
+                    spare.advance()
             if listener in ready:
                 answer_refusal(listener, refused)
             if read_end not in ready:
@@ -1192,8 +1196,7 @@ def run(waiting, limits, request, later):
             text += refusals_note(refused)
         return {{b"R": "ok", b"P": "script", b"E": "exception", b"S": "sandbox"}[kind]: True, "elapsed_ms": elapsed_ms}, text
     status, usage = waiting.reap()
-    memory = waiting.setup.cgroups.out_of_memory(waiting.leaf) if waiting.leaf is not None else (False, None)
-    waiting.release()
+    memory = waiting.setup.cgroups.out_of_memory() if waiting.setup.cgroups is not None else (False, None)
     if outcome is None:
         outcome = outcome_of(kind, text, status, usage, limits, stopped, memory)
     error, message = outcome
@@ -1292,9 +1295,34 @@ def namespaces_work(setup):
         raise OSError(f"a child cannot get its own namespaces: {report[1:].decode('utf-8', 'replace') or f'status {status}'}")
 
 
+def shares_offline_network(setup):
+    """Whether a child without network joins the zygote's empty network namespace rather than
+    making one: under the seccomp allow-list nothing can change a network namespace (no sockets
+    but socket pairs, no binding, no socket ioctls, no /proc/sys), so each execution finds it as
+    new, and a new one per execution costs a millisecond (copy_net_ns and cleanup_net). Without
+    seccomp every execution gets its own."""
+    return setup.offline_network >= 0 and setup.seccomp
+
+
+def empty_network_namespace():
+    """A new network namespace, held by a descriptor; the zygote itself stays in the host's."""
+    host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if LIBC.unshare(CLONE_NEWNET) != 0:
+            fail_errno("unshare(CLONE_NEWNET)")
+        empty = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        if LIBC.setns(host, CLONE_NEWNET) != 0:
+            fail_errno("back to the host's network namespace")
+    finally:
+        os.close(host)
+    return empty
+
+
 def start_namespaces(setup, read_paths):
     """Moves the zygote into its own mount namespace rooted in the sandbox's file system, keeping
-    what it needs of the host: its /proc (to map children's users) and its pid namespace."""
+    what it needs of the host: its /proc (to map children's users), its pid namespace and an
+    empty network namespace for children without network."""
+    setup.offline_network = empty_network_namespace()
     if LIBC.unshare(CLONE_NEWNS) != 0:
         fail_errno("unshare(CLONE_NEWNS)")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -1328,7 +1356,7 @@ def main():
         setup.privileges = "uid 65534" if all(readable_by_nobody(path) for path in (sys.prefix, os.path.dirname(os.__file__))) else "capabilities"
     if root and config.get("cgroups", True):
         try:
-            setup.cgroups = Cgroups(config["memory_bytes"], config.get("cgroup_parent"))
+            setup.cgroups = Cgroups(config["memory_bytes"], scratch_bytes(config["memory_bytes"]), config.get("cgroup_parent"))
         except OSError as error:
             reasons["cgroups"] = str(error)
     elif not root:
@@ -1371,6 +1399,7 @@ def main():
         "seccomp": setup.seccomp,
         "privileges": f"uid {SANDBOX_ID} (nobody) in its own user namespace" if setup.namespaces else setup.privileges,
         "namespaces": (["user", "pid", "mount", "ipc", "uts"] + ([] if config.get("network") else ["net"])) if setup.namespaces else [],
+        "network_namespace": ("one empty namespace per worker, which code cannot change" if shares_offline_network(setup) else "a new one per execution") if setup.namespaces and not config.get("network") else "",
         "cgroups": setup.cgroups.describe() if setup.cgroups is not None else "",
         "off": reasons,
         "seen": seen,
@@ -1379,51 +1408,57 @@ def main():
     })
     if failure is not None:
         return
-    waiting = Waiting(setup, limits_of(config))
-    later = []
+    spares, later, limits = [], [], limits_of(config)
     while True:
-        while not waiting.ready:
-            # The waiting child's set-up, as it asks for it, unless a request comes first.
-            ready, _, _ = select.select([0, waiting.result_fd], [], [])
-            if waiting.result_fd not in ready:
+        while len(spares) < PREFORK:
+            spares.append(Waiting(setup, limits))
+        # Until a request comes: the spare children's set-up as they ask for it, and the dying
+        # children reaped as they go.
+        while True:
+            watched = [0] + [spare.result_fd for spare in spares if not spare.ready] + [dying.pidfd for dying in later if dying.pidfd >= 0]
+            ready, _, _ = select.select(watched, [], [])
+            reap_gone(later, ready)
+            asking = [spare for spare in spares if not spare.ready and spare.result_fd in ready]
+            for spare in asking:
+                spare.advance()
+            if 0 in ready and not asking:
                 break
-            waiting.advance()
         try:
             head = read_frame()
             source = read_frame()
             rest = read_frame()
         except EOFError:
-            waiting.discard()
+            for spare in spares:
+                spare.discard()
             reap(later)
             if setup.cgroups is not None:
                 setup.cgroups.close()
             return
         request = frame(source) + frame(rest)
-        request_id = None
+        request_id, waiting = None, None
         try:
             head = json.loads(head)
             request_id = head.get("id")
             limits = limits_of(head)
-            if limits != waiting.limits:
-                waiting.discard()
-                waiting = Waiting(setup, limits)
+            for spare in [spare for spare in spares if spare.limits != limits]:
+                spares.remove(spare)
+                spare.discard()
+            waiting = spares.pop(0) if spares else Waiting(setup, limits)
             try:
-                outcome, text = run(waiting, limits, request, later)
+                outcome, text = run(waiting, limits, request, later, spares)
             except BrokenPipeError:
-                # The waiting child died before its request (killed from outside): a fresh one.
+                # The spare child died before its request (killed from outside): a fresh one.
                 waiting.discard()
                 waiting = Waiting(setup, limits)
                 outcome, text = run(waiting, limits, request, later)
         except Exception as error:
-            if not waiting.collected:
+            if waiting is not None and not waiting.collected:
                 waiting.discard()
-            limits = waiting.limits
             outcome, text = {"error": "sandbox", "elapsed_ms": 0}, f"the sandbox failed: {error}".encode("utf-8", "replace")
         outcome["id"] = request_id
         write_answer(outcome, text)
-        reap(later)
+        reap_gone(later, [])
         remember_compiled(source)
-        waiting = Waiting(setup, limits)
 
 
 if __name__ == "__main__":

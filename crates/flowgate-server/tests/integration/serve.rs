@@ -88,6 +88,50 @@ fn code_nodes_run_in_the_sandbox_without_the_servers_secrets() {
     assert_eq!(outputs["network"], "PermissionError");
 }
 
+/// The escape suite through the Service API: a code node of one app attacks the server that runs
+/// it (its limits, signals, /proc, System V memory, a child that outlives its pipe). Each attack
+/// is refused; afterwards the server answers /health at once, keeps its limits and runs another
+/// app's code node.
+#[test]
+fn hostile_code_leaves_the_server_and_other_apps_alone() {
+    let deployment = Deployment::sqlite("serve-hostile");
+    let hostile = deployment.import("tests/service/hostile-code.yml")["api_key"].as_str().unwrap().to_owned();
+    let other = deployment.import("tests/service/code-workflow.yml")["api_key"].as_str().unwrap().to_owned();
+    let server = deployment.serve(&["--code-timeout", "3"]);
+    let pid = server.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    for (attack, expected) in [
+        ("lower the server's open files", "PermissionError"),
+        ("lower the server's CPU time", "PermissionError"),
+        ("kill the server", "PermissionError"),
+        ("stop the server", "PermissionError"),
+        ("shared memory for the next app", "PermissionError"),
+        ("fork", "PermissionError"),
+        ("read the server's environment", "FileNotFoundError"),
+        ("close the result pipe and stay", "failed"),
+    ] {
+        let body = serde_json::json!({"inputs": {"attack": attack, "target": pid}, "user": "attacker"}).to_string();
+        let (status, response) = http(&server.address, "POST", "/v1/workflows/run", Some(&hostile), Some(&body));
+        assert_eq!(status, 200, "{attack}: {response}");
+        let response: Json = serde_json::from_str(&response).unwrap();
+        if expected == "failed" {
+            assert_eq!(response["data"]["status"], "failed", "{attack}: {response}");
+            assert!(response["data"]["error"].as_str().unwrap().contains("closed the sandbox's result pipe"), "{attack}: {response}");
+        } else {
+            assert_eq!(response["data"]["outputs"]["outcome"], expected, "{attack}: {response}");
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(http(&server.address, "GET", "/health", None, None).0, 200, "{attack}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{attack}: /health took {:?}", started.elapsed());
+        assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap(), limits, "{attack} changed the server's limits");
+        let (status, response) =
+            http(&server.address, "POST", "/v1/workflows/run", Some(&other), Some(r#"{"inputs": {"n": 3}, "user": "neighbour"}"#));
+        assert_eq!(status, 200, "{attack}: {response}");
+        let response: Json = serde_json::from_str(&response).unwrap();
+        assert_eq!(response["data"]["outputs"]["square"], 9, "after {attack}: {response}");
+    }
+}
+
 #[test]
 fn code_nodes_read_the_shared_folders_and_start_with_the_preloaded_modules() {
     let deployment = Deployment::sqlite("serve-code-shared");
