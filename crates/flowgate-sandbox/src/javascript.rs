@@ -31,6 +31,8 @@ const KILL_GRACE: Duration = Duration::from_millis(250);
 /// A frame larger than this is a broken worker (results are limited by the memory limit).
 const MAX_FRAME_BYTES: usize = 160 * 1024 * 1024;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A worker's greeting is a few hundred bytes; anything longer is not a worker talking.
+const HELLO_MAX_BYTES: usize = 64 * 1024;
 
 /// How a worker process is started: the `flowgate` binary with its hidden worker command, or
 /// any program that calls [`crate::javascript_worker_main`].
@@ -94,13 +96,16 @@ impl Worker {
         };
         let mut worker = Self { child, stdin, stdout };
         let config = json!({"timeout_ms": timeout.as_millis() as u64, "memory_bytes": memory_bytes});
+        let not_a_worker = |error: std::io::Error| {
+            format!("the JavaScript worker did not start: {} did not answer as a worker ({error})", command.program.display())
+        };
         let hello = tokio::time::timeout(START_TIMEOUT, async {
             worker.write_frame(&config).await?;
-            worker.read_frame().await
+            worker.read_frame_of_at_most(HELLO_MAX_BYTES).await
         })
         .await
         .map_err(|_| "the JavaScript worker did not start in 10 s".to_owned())?
-        .map_err(|error| format!("the JavaScript worker did not start: {error}"))?;
+        .map_err(not_a_worker)?;
         if hello.get("ready") != Some(&Json::Bool(true)) {
             return Err(format!("the JavaScript worker did not start: {hello}"));
         }
@@ -135,10 +140,14 @@ impl Worker {
     }
 
     async fn read_frame(&mut self) -> std::io::Result<Json> {
+        self.read_frame_of_at_most(MAX_FRAME_BYTES).await
+    }
+
+    async fn read_frame_of_at_most(&mut self, limit: usize) -> std::io::Result<Json> {
         let mut header = [0u8; 4];
         self.stdout.read_exact(&mut header).await?;
         let length = u32::from_be_bytes(header) as usize;
-        if length > MAX_FRAME_BYTES {
+        if length > limit {
             return Err(std::io::Error::other(format!("a {length}-byte frame")));
         }
         let mut body = vec![0u8; length];

@@ -407,12 +407,22 @@ impl PythonPool {
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
+                let reason = match slot.as_mut() {
+                    Some(zygote) => why_it_stopped(zygote, &error).await,
+                    None => error.to_string(),
+                };
                 discard(&mut slot).await;
-                Err(PortError::new(PortErrorKind::Other, SandboxError::Broken(error.to_string()).to_string()))
+                Err(PortError::new(PortErrorKind::Other, SandboxError::Broken(reason).to_string()))
             }
             Err(_) => {
                 discard(&mut slot).await;
-                Err(PortError::new(PortErrorKind::Timeout, "Code execution timed out and its worker was replaced."))
+                Err(PortError::new(
+                    PortErrorKind::Timeout,
+                    format!(
+                        "Code execution timed out after {} s; its worker did not answer in time and was replaced.",
+                        self.config.timeout.as_secs_f64()
+                    ),
+                ))
             }
         }
     }
@@ -437,6 +447,22 @@ pub struct ScriptOutput {
     pub stdout: String,
     pub stderr: String,
     pub exit_code: i64,
+}
+
+/// Why a zygote stopped answering: how it ended if it did (killed from outside, crashed), else
+/// what went wrong on its pipes. The worker is replaced either way.
+async fn why_it_stopped(zygote: &mut Zygote, error: &std::io::Error) -> String {
+    use std::os::unix::process::ExitStatusExt;
+
+    let status = tokio::time::timeout(Duration::from_millis(200), zygote.child.wait()).await;
+    match status {
+        Ok(Ok(status)) => match (status.signal(), status.code()) {
+            (Some(signal), _) => format!("its worker process was killed by signal {signal}; it is replaced"),
+            (None, Some(code)) => format!("its worker process exited with status {code}; it is replaced"),
+            (None, None) => format!("its worker process ended; it is replaced ({error})"),
+        },
+        _ => format!("{error}; its worker is replaced"),
+    }
 }
 
 async fn discard(slot: &mut Option<Zygote>) {

@@ -902,8 +902,11 @@ def child(setup, limits, scratch, ruleset, request_fd, result_fd):
             if not callable(main):
                 raise NameError("name 'main' is not defined")
             output = main(**inputs)
-            text = json.dumps(output, ensure_ascii=False)
-            payload = b"R" + text.encode("utf-8", "surrogatepass")
+            try:
+                payload = b"R" + json.dumps(output, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            except RecursionError:
+                # What Dify's own check of the result's depth (5) says of anything deeper.
+                payload = b"E" + b"ValueError: Depth limit 5 reached, object too deep."
         except MemoryError:
             payload = b"M" + str(memory_limit_in_force()).encode()
         except BaseException as error:  # SystemExit and KeyboardInterrupt are user errors too

@@ -182,6 +182,7 @@ fn attacks() -> Vec<Attack> {
         attack("a fake result, then sleep", "for fd in range(3, 64):\n        try:\n            os.write(fd, b'R{\"result\": \"fake\"}')\n            os.close(fd)\n        except OSError:\n            pass\n    time.sleep(60)", Returns(serde_json::json!("fake"))),
         attack("garbage before the result", "for fd in range(3, 64):\n        try:\n            os.write(fd, b'\\xff\\x00garbage')\n        except OSError:\n            pass\n    result = 1", Fails(&["Failed to parse JSON", "without a result", "exited"])),
         attack("a giant output", "result = 'a' * (80 * 1024 * 1024)", Fails(&["larger than 64 MiB"])),
+        attack("a result nested 200,000 deep", "result = []\n    for _ in range(200000):\n        result = [result]", Fails(&["ValueError: Depth limit 5 reached, object too deep."])),
         attack("deep recursion", "def f(n):\n        return f(n + 1)\n    result = f(0)", Fails(&["RecursionError: maximum recursion depth exceeded"])),
         attack("recursion past the C stack", "sys.setrecursionlimit(10 ** 7)\n    def f(n):\n        return f(n + 1)\n    result = f(0)", Fails(&["segmentation fault", "RecursionError", "MemoryError", "ran out of memory", "timed out after 3 s"])),
         attack("SystemExit", "raise SystemExit(3)", Fails(&["SystemExit: 3"])),

@@ -152,7 +152,7 @@ async fn a_zygote_that_dies_takes_its_running_child_with_it_and_is_replaced() {
     let killed = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
     assert!(killed.success());
     let error = running.await.unwrap().unwrap_err();
-    assert!(error.message.contains("stopped answering"), "{error:?}");
+    assert!(error.message.contains("stopped answering: its worker process was killed by signal 9"), "{error:?}");
     // Its children die with it (they would otherwise sleep on, orphaned).
     tokio::time::sleep(Duration::from_millis(200)).await;
     for child in &children {

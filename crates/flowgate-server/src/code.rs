@@ -41,6 +41,11 @@ pub struct CodeArgs {
     /// dify-sandbox (`/upload_files`).
     #[arg(long = "code-read-path", env = "FLOWGATE_CODE_READ_PATHS", value_delimiter = ',')]
     pub read_paths: Vec<PathBuf>,
+    /// A cgroup v2 folder delegated to flowgate (e.g. systemd `Delegate=yes`), in which each code
+    /// worker gets a group with the execution's limits; on cgroup v1 the server's own groups are
+    /// used without it.
+    #[arg(long = "code-cgroup", env = "FLOWGATE_CODE_CGROUP")]
+    pub cgroup: Option<PathBuf>,
     /// Send code nodes to an existing dify-sandbox (e.g. `http://sandbox:8194`) instead of
     /// running them here; its key comes from `CODE_EXECUTION_API_KEY` (Dify's default:
     /// `dify-sandbox`).
@@ -107,6 +112,7 @@ async fn local_sandbox(args: &CodeArgs) -> (Arc<dyn CodePort>, Option<Sandbox>) 
     config.timeout = Duration::from_secs(args.timeout);
     config.memory_bytes = args.memory_mb * 1024 * 1024;
     config.network = args.network;
+    config.cgroup_parent = args.cgroup.clone();
     config.preload = args.preload.iter().map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect();
     config.read_paths = args.read_paths.iter().map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone())).collect();
     for path in &config.read_paths {

@@ -191,6 +191,11 @@ async fn start_sandbox(name: &str, python: Option<PathBuf>) -> Arc<dyn flowgate_
     let scratch = std::env::temp_dir().join(format!("flowgate-conformance-{name}-{}", std::process::id()));
     let mut config = flowgate_sandbox::SandboxConfig::new(scratch);
     config.isolation = flowgate_sandbox::IsolationPolicy::Required;
+    // The JavaScript workers are the flowgate binary's, not this test's.
+    config.javascript_worker = flowgate_sandbox::WorkerCommand {
+        program: env!("CARGO_BIN_EXE_flowgate").into(),
+        args: vec![flowgate_sandbox::JAVASCRIPT_WORKER_ARG.into()],
+    };
     if let Some(python) = python {
         config.python = python;
     }
