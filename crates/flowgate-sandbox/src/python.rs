@@ -123,6 +123,8 @@ fn zygote_setup(config: &SandboxConfig) -> Json {
         "capset",
         "seccomp",
         "pidfd_getfd",
+        "open_tree",
+        "move_mount",
         "ptrace",
         "landlock_create_ruleset",
         "landlock_add_rule",

@@ -484,10 +484,31 @@ def scratch_bytes(memory_bytes):
 
 
 def scratch_point_for(read_paths):
-    """Where each child's private tmpfs goes: /tmp, unless a read path lies below it."""
-    if any(path == "/tmp" or path.startswith("/tmp/") for path in read_paths):
-        return "/flowgate-tmp"
-    return "/tmp"
+    """Where each child's private tmpfs goes: /tmp, unless /tmp itself is a read path."""
+    return "/flowgate-tmp" if "/tmp" in read_paths else "/tmp"
+
+
+OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x8000, 4
+
+
+def keep_bound_below(bound):
+    """Copies of the mounts of the read-only folders bound below the scratch point (a virtualenv
+    under /tmp), taken before the child's tmpfs hides them and put back on top of it."""
+    copies = []
+    for path in bound:
+        fd = LIBC.syscall(NUMBERS["open_tree"], -100, os.fsencode(path), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)
+        if fd < 0:
+            fail_errno(f"keeping {path}")
+        copies.append((path, fd))
+    return copies
+
+
+def put_back(copies):
+    for path, fd in copies:
+        os.makedirs(path, 0o755, exist_ok=True)
+        if LIBC.syscall(NUMBERS["move_mount"], fd, b"", -100, os.fsencode(path), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+            fail_errno(f"putting back {path}")
+        os.close(fd)
 
 
 # --- cgroups --------------------------------------------------------------------------------
@@ -754,6 +775,9 @@ class Setup:
         self.seccomp = False
         self.privileges = "not root"
         self.scratch_point = "/tmp"
+        # Read-only folders bound below the scratch point, which each child puts back on top
+        # of its tmpfs there.
+        self.bound_below_scratch = []
         self.counter = 0
 
 
@@ -789,7 +813,9 @@ def lock_down(setup, limits, scratch, ruleset, request_fd, result_fd):
             os._exit(0)
         become_sandbox_user()
         size = scratch_bytes(limits["memory_bytes"])
+        copies = keep_bound_below(setup.bound_below_scratch)
         mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size},mode=0700,uid={SANDBOX_ID},gid={SANDBOX_ID}")
+        put_back(copies)
     os.chdir(scratch)
     os.environ["HOME"] = scratch
     os.environ["TMPDIR"] = scratch
@@ -1330,7 +1356,10 @@ def start_namespaces(setup, read_paths):
         fail_errno("unshare(CLONE_NEWNS)")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     setup.scratch_point = scratch_point_for(read_paths)
-    SandboxRoot(setup.config["scratch"]).build(read_paths, setup.scratch_point)
+    root = SandboxRoot(setup.config["scratch"])
+    root.build(read_paths, setup.scratch_point)
+    below = setup.scratch_point.rstrip("/") + "/"
+    setup.bound_below_scratch = [path for path in root.bound if path.startswith(below)]
 
 
 def probe(setup):

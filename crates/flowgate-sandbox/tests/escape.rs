@@ -247,9 +247,10 @@ async fn a_shared_read_path_can_be_read_but_not_written_and_nothing_beside_it_op
     config.read_paths = vec![shared.clone()];
     let sandbox = Sandbox::start(config).await.unwrap();
 
-    // The corpus' File_read.yml walks its mounted folder like this.
+    // The corpus' File_read.yml walks its mounted folder like this. The folder lies under /tmp,
+    // and /tmp is still the execution's own scratch folder.
     let code = format!(
-        "import os\ndef main():\n    found = [os.path.join(r, f) for r, _, fs in os.walk({shared:?}) for f in fs]\n    return {{'result': [found, open(found[0]).read()]}}"
+        "import os\ndef main():\n    open('/tmp/note.txt', 'w').write('mine')\n    found = [os.path.join(r, f) for r, _, fs in os.walk({shared:?}) for f in fs]\n    return {{'result': [found, open(found[0]).read()]}}"
     );
     let listed = output(&sandbox, &code).await;
     let csv = shared.join("2026/sales.csv").display().to_string();
