@@ -321,6 +321,26 @@ async fn fail_orphaned_runs(store: &Store, instance_id: &str, instance_timeout: 
     }
 }
 
+/// Takes the embedded database's serve lock for this process's life.
+fn lock_embedded(database: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = database.with_extension("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another `flowgate serve` uses the embedded database {}: stop it, or give each server its own --data-dir \
+             (servers that share data need PostgreSQL: DATABASE_URL=postgres://…)",
+            database.display()
+        )),
+        Err(std::fs::TryLockError::Error(error)) => Err(format!("cannot lock {}: {error}", path.display())),
+    }
+}
+
 pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How long a shutdown waits for runs in progress.
@@ -364,12 +384,30 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         if admin_token.is_none() {
             tracing::info!("management API off: set FLOWGATE_ADMIN_TOKEN to enable /admin/v1");
         }
+        // An embedded database serves one server at a time: the lock says so, and lets this
+        // server fail every run its previous life left unfinished at once.
+        let embedded_lock = match store.embedded_database() {
+            Some(path) => match lock_embedded(&path) {
+                Ok(lock) => Some(lock),
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return ExitCode::from(FAILURE);
+                }
+            },
+            None => None,
+        };
         let instance_id = uuid::Uuid::new_v4().to_string();
         if let Err(error) = store.register_instance(&instance_id).await {
             eprintln!("error: {error}");
             return ExitCode::from(FAILURE);
         }
-        fail_orphaned_runs(&store, &instance_id, instance_timeout).await;
+        if embedded_lock.is_some() {
+            match store.fail_runs_of_previous_processes(&instance_id).await {
+                Ok(0) => {}
+                Ok(count) => tracing::warn!(count, "runs the previous server left unfinished were marked failed"),
+                Err(error) => tracing::error!(%error, "could not check for runs the previous server left"),
+            }
+        }
         let policy = match IpPolicy::from_allow_list(&allow_network) {
             Ok(policy) => policy,
             Err(error) => {
@@ -418,15 +456,26 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         };
         let heartbeat_store = store.clone();
         let heartbeat_id = instance_id.clone();
-        // Every beat also looks for servers that stopped beating (killed replicas, or this
-        // server's previous life) and fails the runs they left behind.
+        // Every beat also looks for servers that stopped beating (killed replicas) and fails the
+        // runs they left behind; but only once this server's own beats have reached the
+        // database for a whole instance timeout: after an outage every server looks dead to
+        // every other, and a live one gets this long to beat again before it is judged.
         let heartbeat = tokio::spawn(async move {
+            let mut beating_since = Some(tokio::time::Instant::now());
             loop {
                 tokio::time::sleep(instance_timeout / 3).await;
-                if let Err(error) = heartbeat_store.heartbeat(&heartbeat_id).await {
-                    tracing::warn!(%error, "heartbeat failed");
+                match heartbeat_store.heartbeat(&heartbeat_id).await {
+                    Ok(()) => {
+                        let since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= instance_timeout {
+                            fail_orphaned_runs(&heartbeat_store, &heartbeat_id, instance_timeout).await;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "heartbeat failed");
+                        beating_since = None;
+                    }
                 }
-                fail_orphaned_runs(&heartbeat_store, &heartbeat_id, instance_timeout).await;
             }
         });
         let watched = state.clone();
@@ -450,6 +499,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         }
         purge.abort();
         let _ = store.unregister_instance(&instance_id).await;
+        drop(embedded_lock);
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -51,6 +51,14 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Busy(_) => Self::unavailable("The server is busy; please retry shortly.", 1),
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "the database is unavailable");
+                Self::unavailable("The database is unavailable; please retry shortly.", 1)
+            }
+            StoreError::DiskFull(reason) => {
+                tracing::error!(%reason, "the disk holding the database is full");
+                Self::unavailable("The disk holding the database is full; please retry once space is freed.", 5)
+            }
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             other => {

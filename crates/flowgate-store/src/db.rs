@@ -71,6 +71,10 @@ pub struct Store {
     config: Arc<StoreConfig>,
 }
 
+/// A running turn whose run has no row after this many seconds was left by a crash: a live run
+/// gets its row within half a second.
+const ORPHANED_TURN_AGE: i64 = 10;
+
 /// Runs `$body` with `$pool` bound to a connection pool for reads.
 macro_rules! read {
     ($store:expr, |$pool:ident| $body:expr) => {
@@ -97,12 +101,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "packed node log", include_str!("../migrations/sqlite/0002_packed_node_log.sql")),
     (3, "config epoch", include_str!("../migrations/sqlite/0003_config_epoch.sql")),
+    (4, "running messages", include_str!("../migrations/sqlite/0004_running_messages.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "packed node log", include_str!("../migrations/postgres/0002_packed_node_log.sql")),
     (3, "config epoch", include_str!("../migrations/postgres/0003_config_epoch.sql")),
     (4, "config notify", include_str!("../migrations/postgres/0004_config_notify.sql")),
+    (5, "running messages", include_str!("../migrations/postgres/0005_running_messages.sql")),
 ];
 
 /// Migrations compiled into the binary: (version, description, SQL).
@@ -229,6 +235,15 @@ impl Store {
         &self.config
     }
 
+    /// The SQLite file, for an embedded database.
+    pub fn embedded_database(&self) -> Option<PathBuf> {
+        match (&self.db, &self.config.database_url) {
+            (Db::Postgres(_), _) => None,
+            (Db::Sqlite { .. }, Some(url)) => Some(PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"))),
+            (Db::Sqlite { .. }, None) => Some(self.config.data_dir.join("flowgate.db")),
+        }
+    }
+
     pub fn blobs(&self) -> &Blobs {
         &self.blobs
     }
@@ -267,14 +282,19 @@ impl Store {
             .map_err(|error| self.error(error)))
     }
 
+    /// Says this process is alive; its row comes back if another process removed it (after an
+    /// outage that outlasted the instance timeout everyone looked dead to everyone).
     pub async fn heartbeat(&self, instance_id: &str) -> Result<(), StoreError> {
-        write!(self, |pool| sqlx::query("UPDATE instances SET heartbeat_at = $2 WHERE id = $1")
-            .bind(instance_id)
-            .bind(crate::now())
-            .execute(pool)
-            .await
-            .map(|_| ())
-            .map_err(|error| self.error(error)))
+        write!(self, |pool| sqlx::query(
+            "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        )
+        .bind(instance_id)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|error| self.error(error)))
     }
 
     pub async fn unregister_instance(&self, instance_id: &str) -> Result<(), StoreError> {
@@ -289,8 +309,20 @@ impl Store {
     /// Marks failed the runs left `running` by processes that stopped heart-beating more than
     /// `stale_after` ago (a crash or a kill), and forgets those processes. Returns how many runs.
     pub async fn fail_orphaned_runs(&self, current_instance: &str, stale_after: Duration) -> Result<u64, StoreError> {
+        self.fail_runs_of_others(current_instance, crate::now() - stale_after.as_secs() as i64).await
+    }
+
+    /// Marks failed every run and turn another process left unfinished: for an embedded
+    /// database, which only one server may use at a time (see `flowgate serve`), the previous
+    /// process cannot be alive.
+    pub async fn fail_runs_of_previous_processes(&self, current_instance: &str) -> Result<u64, StoreError> {
+        self.fail_runs_of_others(current_instance, i64::MAX).await
+    }
+
+    /// Fails the runs left `running` by instances silent since `cutoff`, and the turns left
+    /// `running` since then whose run was never written (a crash before its row).
+    async fn fail_runs_of_others(&self, current_instance: &str, cutoff: i64) -> Result<u64, StoreError> {
         let now = crate::now();
-        let cutoff = now - stale_after.as_secs() as i64;
         let reason = "The server running this workflow stopped before it finished (crash or forced shutdown).";
         write!(self, |pool| {
             let mut tx = pool.begin().await.map_err(|error| self.error(error))?;
@@ -312,6 +344,16 @@ impl Store {
                  AND workflow_run_id IN (SELECT id FROM workflow_runs WHERE status = 'failed' AND error = $1)",
             )
             .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| self.error(error))?;
+            // A turn whose run has no row at all is older than any live run's first row.
+            sqlx::query(
+                "UPDATE messages SET status = 'error', error = $1 WHERE status = 'running' AND created_at < $2 \
+                 AND (workflow_run_id IS NULL OR workflow_run_id NOT IN (SELECT id FROM workflow_runs))",
+            )
+            .bind(reason)
+            .bind(cutoff.min(now - ORPHANED_TURN_AGE))
             .execute(&mut *tx)
             .await
             .map_err(|error| self.error(error))?;

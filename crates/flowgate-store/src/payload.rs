@@ -168,13 +168,6 @@ impl StoredSet {
         hashes.insert(hash, expires_at);
         true
     }
-
-    /// Forgets which payloads are stored (after a failed write, which may have lost some).
-    pub fn forget(&self) {
-        if let Ok(mut hashes) = self.hashes.lock() {
-            hashes.clear();
-        }
-    }
 }
 
 /// Encodes one run's payloads: it remembers the large values it encoded (by identity, so a
@@ -519,9 +512,6 @@ mod tests {
         encoder.encode_map(&map, 1_000_001 + EXPIRY_SLACK, &mut written);
         assert_eq!(written.len(), 2, "a later expiry is written again to move it forward");
         assert_eq!(written[1].expires_at, 1_000_001 + EXPIRY_SLACK);
-        encoder.stored.forget();
-        encoder.encode_map(&map, 1_000_000, &mut written);
-        assert_eq!(written.len(), 3, "after a failed write nothing is presumed stored");
     }
 
     #[test]

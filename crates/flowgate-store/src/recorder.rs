@@ -4,18 +4,25 @@
 //! encodes them on the run's own thread, right away (payloads by content, see
 //! [`crate::payload`]; node entries for the packed node log, see [`crate::node_log`]): the
 //! values are hot in cache there and are freed by the thread that allocated them, which moving
-//! them to another thread made several times dearer. The recorder thread only gathers what
-//! arrived in the last few milliseconds into one batch, and the writing task writes each batch
-//! in one transaction, so a busy server makes one commit per batch, not several per run. A run
-//! that starts and ends within one batch is written as a single row.
+//! them to another thread made several times dearer. The recorder thread gathers whatever
+//! arrived while the last batch was being written into the next one (group commit), and the
+//! writing task writes each batch in one transaction, so a busy server makes one commit per
+//! batch, not several per run. A run that ends before it is half a second old is written as a
+//! single row; a longer one gets a `running` row first, so a crash leaves a trace.
+//!
+//! [`RunRecording::run_finished`] answers when the run's row and final state are committed:
+//! the server acknowledges a run (a blocking answer, `workflow_finished`, `message_end`) only
+//! then, so every read API shows it at once, on every replica. A batch that fails is written
+//! again, in order, until it is in; meanwhile [`Recorder::health`] reports the run log as
+//! failing (new runs are refused, `/ready` fails), and nothing is ever dropped.
 //!
 //! What is written follows the app's [`LogDetail`]: everything (`full`), rows without payloads
 //! (`metadata`), rows without payloads unless the run failed (`errors`), or nothing (`none`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flowgate_engine::event::{ContainerCompleted, NodeFinished, NodeStatus, RunSummary};
 use flowgate_engine::value::Map;
@@ -156,11 +163,44 @@ enum Op {
     },
     /// Payloads a run's entries or rows refer to.
     Payloads(Vec<NewPayload>),
+    /// The run's `running` row is wanted now (its id is about to be shown to a client).
+    Announce {
+        run_id: Arc<str>,
+        committed: oneshot::Sender<Result<(), RunLogError>>,
+    },
     Finished {
         run_id: Arc<str>,
         end: Box<EndRow>,
+        committed: oneshot::Sender<Result<(), RunLogError>>,
     },
     Flush(oneshot::Sender<()>),
+}
+
+/// Why the run log does not take writes now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunLogError {
+    #[error("the disk holding the run log is full")]
+    DiskFull,
+    #[error("the run log cannot be written: {0}")]
+    Failing(String),
+    #[error("the run log has stopped")]
+    Stopped,
+}
+
+/// Resolves when a run's row and final state are committed (or the run log has stopped).
+pub struct Committed(oneshot::Receiver<Result<(), RunLogError>>);
+
+impl Committed {
+    pub async fn wait(self) -> Result<(), RunLogError> {
+        self.0.await.unwrap_or(Err(RunLogError::Stopped))
+    }
+
+    /// Nothing to wait for (a run the app keeps no log of).
+    pub fn now() -> Self {
+        let (done, wait) = oneshot::channel();
+        let _ = done.send(Ok(()));
+        Self(wait)
+    }
 }
 
 /// Handle to the recorder; clone it freely.
@@ -181,15 +221,44 @@ pub struct RecorderStats {
     pub write_errors: AtomicU64,
     /// Woken after every batch, for whoever waits for the backlog to shrink.
     pub batch_done: tokio::sync::Notify,
+    /// Set while a batch cannot be written (it is being tried again).
+    failing: AtomicBool,
+    last_error: Mutex<Option<RunLogError>>,
 }
 
-/// How often the recorder collects what runs handed over: the longest an operation waits
-/// before it is batched.
-const BATCH_WINDOW: Duration = Duration::from_millis(20);
+impl RecorderStats {
+    fn failed(&self, error: RunLogError) {
+        self.failing.store(true, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    fn recovered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed)
+            && let Ok(mut last) = self.last_error.lock()
+        {
+            *last = None;
+        }
+    }
+}
+
 /// The most operations in one transaction.
 const BATCH_SIZE: usize = 4096;
-/// Batches waiting for the database: gathering the next batch overlaps writing this one.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Batches waiting for the database besides the one being written: gathering the next batch
+/// overlaps writing this one.
+const BATCHES_IN_FLIGHT: usize = 1;
+/// A run still going after this long gets its `running` row (a shorter one is written once).
+const RUNNING_ROW_AFTER: Duration = Duration::from_millis(500);
+/// How long a failed batch waits before it is written again, doubling up to the last.
+const RETRY_DELAYS: [Duration; 6] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 
 /// Rows per multi-row INSERT. A batch is cut into statements of these sizes only, so the
 /// databases see a handful of distinct statements, each prepared once per connection and
@@ -218,12 +287,21 @@ impl Recorder {
             .name("flowgate-recorder".into())
             .spawn(move || gather_batches(&rx, &batches))
             .map_err(|error| StoreError::Config(format!("cannot start the run recorder: {error}")))?;
-        tokio::spawn(write_batches(store, pending, stats.clone(), stored.clone()));
+        tokio::spawn(write_batches(store, pending, stats.clone()));
         Ok(Self { tx, stats, stored })
     }
 
     pub fn stats(&self) -> &RecorderStats {
         &self.stats
+    }
+
+    /// Whether the run log takes writes: an error while a batch is being tried again.
+    pub fn health(&self) -> Result<(), RunLogError> {
+        if !self.stats.failing.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let last = self.stats.last_error.lock().ok().and_then(|last| last.clone());
+        Err(last.unwrap_or_else(|| RunLogError::Failing("a batch is being written again".into())))
     }
 
     fn send(&self, op: Op) {
@@ -328,7 +406,16 @@ impl RunRecording {
         self.recorder.send(Op::Nodes { run_id: self.run_id.clone(), entries, count: 1 });
     }
 
-    pub fn run_finished(mut self, summary: &RunSummary) {
+    /// Writes the run's `running` row at once instead of after [`RUNNING_ROW_AFTER`]: for a
+    /// streamed run, whose id the client sees in `workflow_started` and may look up at once.
+    pub fn announce(&mut self) -> Committed {
+        let (committed, wait) = oneshot::channel();
+        self.recorder.send(Op::Announce { run_id: self.run_id.clone(), committed });
+        Committed(wait)
+    }
+
+    /// Hands the run's end over; the answer resolves once it is committed.
+    pub fn run_finished(mut self, summary: &RunSummary) -> Committed {
         let failed = summary.status.as_str() != "succeeded";
         let keep_payloads = self.detail == LogDetail::Full || (self.detail == LogDetail::Errors && failed);
         let held = std::mem::take(&mut self.held);
@@ -359,7 +446,9 @@ impl RunRecording {
             inputs_hash,
             outputs_hash,
         };
-        self.recorder.send(Op::Finished { run_id: self.run_id.clone(), end: Box::new(end) });
+        let (committed, wait) = oneshot::channel();
+        self.recorder.send(Op::Finished { run_id: self.run_id.clone(), end: Box::new(end), committed });
+        Committed(wait)
     }
 }
 
@@ -373,6 +462,8 @@ struct OpenRun {
     inputs_hash: Option<PayloadHash>,
     /// The sequence number of the run's next node-log segment.
     next_segment: i64,
+    /// When the recorder thread saw the run start.
+    opened: Instant,
 }
 
 /// One transaction's worth of rows.
@@ -388,6 +479,8 @@ struct Batch {
     /// Node-log segments ready to be written.
     segments: Vec<(Arc<str>, Segment)>,
     flushes: Vec<oneshot::Sender<()>>,
+    /// The runs whose end this batch commits, waiting to hear it did.
+    commits: Vec<oneshot::Sender<Result<(), RunLogError>>>,
     ops: usize,
 }
 
@@ -432,88 +525,95 @@ struct Gatherer {
     open: HashMap<Arc<str>, OpenRun>,
 }
 
+impl Gatherer {
+    /// When the earliest open run without a row is due its `running` row.
+    fn next_running_row(&self) -> Option<Instant> {
+        self.open.values().filter(|open| !open.row_written).map(|open| open.opened + RUNNING_ROW_AFTER).min()
+    }
+}
+
 fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Batch>) {
     let mut gatherer = Gatherer::default();
-    let mut next_tick = std::time::Instant::now();
-    // The operation that ended a quiet spell, taken into the next window.
-    let mut woke_by: Option<Op> = None;
     loop {
-        // While busy, this thread looks for work once per window instead of waiting on the
-        // channel, so handing it an operation is a queue push for the request, never a wake-up
-        // (a system call and a context switch, which cost more than the operation).
-        next_tick += BATCH_WINDOW;
-        let now = std::time::Instant::now();
-        match next_tick.checked_duration_since(now) {
-            Some(wait) => std::thread::sleep(wait),
-            None => next_tick = now,
+        // Waits for work; while runs are open, no longer than until the first of them is due a
+        // `running` row. While a batch is being written the channel to the writer is full and
+        // this thread waits there instead, so operations pile up into the next batch without a
+        // wake-up each (group commit).
+        let first = match gatherer.next_running_row() {
+            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        let mut batch = Batch::default();
+        match first {
+            Ok(op) => gatherer.take(op, &mut batch),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         let mut disconnected = false;
-        let mut took_any = false;
-        loop {
-            let mut batch = Batch::default();
-            if let Some(op) = woke_by.take() {
-                gatherer.take(op, &mut batch);
-            }
-            while batch.ops < BATCH_SIZE {
-                match rx.try_recv() {
-                    Ok(op) => gatherer.take(op, &mut batch),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
+        while batch.ops < BATCH_SIZE {
+            match rx.try_recv() {
+                Ok(op) => gatherer.take(op, &mut batch),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
                 }
             }
-            if batch.ops == 0 {
-                break;
-            }
-            took_any = true;
-            let full = batch.ops >= BATCH_SIZE;
-            gatherer.write_running_rows(&mut batch);
+        }
+        gatherer.write_running_rows(&mut batch);
+        if batch.ops > 0 || !batch.run_inserts.is_empty() {
             batch.seal_segments();
             if batches.blocking_send(batch).is_err() {
                 return;
-            }
-            if !full {
-                break;
             }
         }
         if disconnected {
             return;
         }
-        if !took_any {
-            // A whole window without work: wait on the channel rather than waking 50 times a
-            // second while idle; only the first operation after the quiet spell pays a wake-up.
-            match rx.recv() {
-                Ok(op) => woke_by = Some(op),
-                Err(_) => return,
-            }
-            next_tick = std::time::Instant::now();
-        }
     }
 }
 
-/// The second stage: writes batches in order, one transaction each.
-async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: Arc<RecorderStats>, stored: Arc<StoredSet>) {
+/// What a failed write says to the server.
+fn run_log_error(error: &StoreError) -> RunLogError {
+    match error {
+        StoreError::DiskFull(_) => RunLogError::DiskFull,
+        other => RunLogError::Failing(other.to_string()),
+    }
+}
+
+/// The second stage: writes batches in order, one transaction each, each until it is in.
+async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: Arc<RecorderStats>) {
     while let Some(mut batch) = pending.recv().await {
         let ops = batch.ops;
         let rows = batch.run_inserts.len() + batch.run_updates.len() + batch.segments.len();
-        let flushes = std::mem::take(&mut batch.flushes);
-        match write(&store, &batch).await {
-            Ok(()) => {
-                stats.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
-            }
-            Err(error) => {
-                // Payloads this batch carried may now be missing: write them again when next seen.
-                stored.forget();
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, rows, "the run log could not be written");
+        let mut attempt = 0;
+        loop {
+            match write(&store, &batch).await {
+                Ok(()) => break,
+                Err(error) => {
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    let reported = run_log_error(&error);
+                    if attempt == 0 || attempt % 10 == 0 {
+                        tracing::error!(%error, rows, attempt, "the run log could not be written; trying again (new runs are refused meanwhile)");
+                    }
+                    stats.failed(reported);
+                    tokio::time::sleep(RETRY_DELAYS[attempt.min(RETRY_DELAYS.len() - 1)]).await;
+                    attempt += 1;
+                }
             }
         }
+        if attempt > 0 {
+            tracing::info!(attempts = attempt + 1, "the run log is written again");
+        }
+        stats.recovered();
+        stats.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.backlog.fetch_sub(ops, Ordering::Relaxed);
         stats.batch_done.notify_waiters();
-        for done in flushes {
+        for committed in std::mem::take(&mut batch.commits) {
+            let _ = committed.send(Ok(()));
+        }
+        for done in std::mem::take(&mut batch.flushes) {
             let _ = done.send(());
         }
         // Dropped here, after the waiters were told: freeing a large batch is not their wait.
@@ -532,8 +632,18 @@ impl Gatherer {
                 }
             }
             Op::Started { run_id, detail, expires_at, start, inputs_hash } => {
-                self.open
-                    .insert(run_id, OpenRun { detail, expires_at, row_written: false, start: Some(start), inputs_hash, next_segment: 0 });
+                self.open.insert(
+                    run_id,
+                    OpenRun {
+                        detail,
+                        expires_at,
+                        row_written: false,
+                        start: Some(start),
+                        inputs_hash,
+                        next_segment: 0,
+                        opened: Instant::now(),
+                    },
+                );
             }
             Op::Nodes { run_id, entries, count } => {
                 let Some(open) = self.open.get_mut(&run_id) else { return };
@@ -543,7 +653,17 @@ impl Gatherer {
                 });
                 segment.push_entries(&entries, count);
             }
-            Op::Finished { run_id, end } => {
+            Op::Announce { run_id, committed } => {
+                batch.commits.push(committed);
+                if let Some(open) = self.open.get_mut(&run_id)
+                    && !open.row_written
+                {
+                    open.row_written = true;
+                    batch.run_inserts.push(open.running_row(run_id));
+                }
+            }
+            Op::Finished { run_id, end, committed } => {
+                batch.commits.push(committed);
                 let Some(mut open) = self.open.remove(&run_id) else { return };
                 let row = RunRow {
                     id: run_id,
@@ -569,26 +689,34 @@ impl Gatherer {
         }
     }
 
-    /// Runs still going when a batch is written get their `running` row now, so a crash
-    /// leaves a trace; a run that starts and ends within one batch is written once.
+    /// Runs going for [`RUNNING_ROW_AFTER`] get their `running` row now, so a crash leaves a
+    /// trace and a client asking about a long run finds it; a shorter run is written once.
     fn write_running_rows(&mut self, batch: &mut Batch) {
-        for (run_id, open) in self.open.iter_mut().filter(|(_, open)| !open.row_written) {
+        let due = Instant::now() - RUNNING_ROW_AFTER;
+        for (run_id, open) in self.open.iter_mut().filter(|(_, open)| !open.row_written && open.opened <= due) {
             open.row_written = true;
-            batch.run_inserts.push(RunRow {
-                id: run_id.clone(),
-                start: open.start.take(),
-                status: "running",
-                detail: open.detail.as_str(),
-                inputs_hash: open.inputs_hash,
-                outputs_hash: None,
-                error: None,
-                elapsed: 0.0,
-                total_tokens: 0,
-                total_steps: 0,
-                exceptions: 0,
-                finished_at: None,
-                expires_at: open.expires_at,
-            });
+            batch.run_inserts.push(open.running_row(run_id.clone()));
+        }
+    }
+}
+
+impl OpenRun {
+    /// The run's first row, while it is still going.
+    fn running_row(&mut self, id: Arc<str>) -> RunRow {
+        RunRow {
+            id,
+            start: self.start.take(),
+            status: "running",
+            detail: self.detail.as_str(),
+            inputs_hash: self.inputs_hash,
+            outputs_hash: None,
+            error: None,
+            elapsed: 0.0,
+            total_tokens: 0,
+            total_steps: 0,
+            exceptions: 0,
+            finished_at: None,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -599,91 +727,103 @@ async fn write(store: &Store, batch: &Batch) -> Result<(), StoreError> {
         store.blobs.put(&format!("payloads/{}", payload.hash), payload.bytes.clone()).await?;
     }
     write!(store, |pool| {
-        let mut tx = pool.begin().await.map_err(|error| store.error(error))?;
-        // Multi-row statements: one round trip per few hundred rows instead of one per row is
-        // what lets the log keep up with thousands of runs a second.
-        for chunk in statement_chunks(&batch.payloads) {
-            let mut insert = sqlx::QueryBuilder::new("INSERT INTO payloads (hash, size, codec, data, blob_key, expires_at) ");
-            insert.push_values(chunk, |mut values, payload| {
-                values
-                    .push_bind(payload.hash.to_string())
-                    .push_bind(payload.size as i64)
-                    .push_bind(payload.codec)
-                    .push_bind((!payload.in_blob).then(|| payload.bytes.to_vec()))
-                    .push_bind(payload.in_blob.then(|| format!("payloads/{}", payload.hash)))
-                    .push_bind(payload.expires_at);
-            });
-            insert
-                .push(" ON CONFLICT (hash) DO UPDATE SET expires_at = excluded.expires_at WHERE payloads.expires_at < excluded.expires_at");
-            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
-        }
-        let run_inserts: Vec<(&RunRow, &StartRow)> =
-            batch.run_inserts.iter().filter_map(|row| row.start.as_deref().map(|start| (row, start))).collect();
-        for chunk in statement_chunks(&run_inserts) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO workflow_runs (id, app_id, version_id, task_id, end_user_id, conversation_id, message_id, created_from, \
+        let mut connection = pool.acquire().await.map_err(|error| store.error(error))?;
+        let written: Result<(), StoreError> = async {
+            let mut tx = sqlx::Connection::begin(&mut *connection).await.map_err(|error| store.error(error))?;
+            // Multi-row statements: one round trip per few hundred rows instead of one per row is
+            // what lets the log keep up with thousands of runs a second.
+            for chunk in statement_chunks(&batch.payloads) {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO payloads (hash, size, codec, data, blob_key, expires_at) ");
+                insert.push_values(chunk, |mut values, payload| {
+                    values
+                        .push_bind(payload.hash.to_string())
+                        .push_bind(payload.size as i64)
+                        .push_bind(payload.codec)
+                        .push_bind((!payload.in_blob).then(|| payload.bytes.to_vec()))
+                        .push_bind(payload.in_blob.then(|| format!("payloads/{}", payload.hash)))
+                        .push_bind(payload.expires_at);
+                });
+                insert.push(
+                    " ON CONFLICT (hash) DO UPDATE SET expires_at = excluded.expires_at WHERE payloads.expires_at < excluded.expires_at",
+                );
+                insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
+            }
+            let run_inserts: Vec<(&RunRow, &StartRow)> =
+                batch.run_inserts.iter().filter_map(|row| row.start.as_deref().map(|start| (row, start))).collect();
+            for chunk in statement_chunks(&run_inserts) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO workflow_runs (id, app_id, version_id, task_id, end_user_id, conversation_id, message_id, created_from, \
                      status, detail, inputs_hash, outputs_hash, error, elapsed_time, total_tokens, total_steps, exceptions_count, \
                      instance_id, created_at, finished_at, expires_at) ",
-            );
-            insert.push_values(chunk, |mut values, (row, start)| {
-                values
-                    .push_bind(&*row.id)
-                    .push_bind(start.app_id.as_str())
-                    .push_bind(start.version_id.as_str())
-                    .push_bind(start.task_id.as_str())
-                    .push_bind(start.end_user_id.as_deref())
-                    .push_bind(start.conversation_id.as_deref())
-                    .push_bind(start.message_id.as_deref())
-                    .push_bind(start.created_from.as_str())
-                    .push_bind(row.status)
-                    .push_bind(row.detail)
-                    .push_bind(row.inputs_hash.map(|hash| hash.to_string()))
-                    .push_bind(row.outputs_hash.map(|hash| hash.to_string()))
-                    .push_bind(row.error.as_deref())
-                    .push_bind(row.elapsed)
-                    .push_bind(row.total_tokens)
-                    .push_bind(row.total_steps)
-                    .push_bind(row.exceptions)
-                    .push_bind(start.instance_id.as_str())
-                    .push_bind(start.created_at)
-                    .push_bind(row.finished_at)
-                    .push_bind(row.expires_at);
-            });
-            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
-        }
-        for chunk in statement_chunks(&batch.segments) {
-            let mut insert = sqlx::QueryBuilder::new("INSERT INTO run_nodes (run_id, seq, nodes, codec, data) ");
-            insert.push_values(chunk, |mut values, (run_id, segment)| {
-                values
-                    .push_bind(&**run_id)
-                    .push_bind(segment.seq)
-                    .push_bind(segment.nodes as i64)
-                    .push_bind(segment.codec)
-                    .push_bind(segment.data.as_slice());
-            });
-            insert.push(" ON CONFLICT (run_id, seq) DO NOTHING");
-            insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
-        }
-        for row in &batch.run_updates {
-            sqlx::query(
-                "UPDATE workflow_runs SET status = $2, outputs_hash = $3, inputs_hash = COALESCE($4, inputs_hash), error = $5, \
+                );
+                insert.push_values(chunk, |mut values, (row, start)| {
+                    values
+                        .push_bind(&*row.id)
+                        .push_bind(start.app_id.as_str())
+                        .push_bind(start.version_id.as_str())
+                        .push_bind(start.task_id.as_str())
+                        .push_bind(start.end_user_id.as_deref())
+                        .push_bind(start.conversation_id.as_deref())
+                        .push_bind(start.message_id.as_deref())
+                        .push_bind(start.created_from.as_str())
+                        .push_bind(row.status)
+                        .push_bind(row.detail)
+                        .push_bind(row.inputs_hash.map(|hash| hash.to_string()))
+                        .push_bind(row.outputs_hash.map(|hash| hash.to_string()))
+                        .push_bind(row.error.as_deref())
+                        .push_bind(row.elapsed)
+                        .push_bind(row.total_tokens)
+                        .push_bind(row.total_steps)
+                        .push_bind(row.exceptions)
+                        .push_bind(start.instance_id.as_str())
+                        .push_bind(start.created_at)
+                        .push_bind(row.finished_at)
+                        .push_bind(row.expires_at);
+                });
+                insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
+            }
+            for chunk in statement_chunks(&batch.segments) {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO run_nodes (run_id, seq, nodes, codec, data) ");
+                insert.push_values(chunk, |mut values, (run_id, segment)| {
+                    values
+                        .push_bind(&**run_id)
+                        .push_bind(segment.seq)
+                        .push_bind(segment.nodes as i64)
+                        .push_bind(segment.codec)
+                        .push_bind(segment.data.as_slice());
+                });
+                insert.push(" ON CONFLICT (run_id, seq) DO NOTHING");
+                insert.build().execute(&mut *tx).await.map_err(|error| store.error(error))?;
+            }
+            for row in &batch.run_updates {
+                sqlx::query(
+                    "UPDATE workflow_runs SET status = $2, outputs_hash = $3, inputs_hash = COALESCE($4, inputs_hash), error = $5, \
                      elapsed_time = $6, total_tokens = $7, total_steps = $8, exceptions_count = $9, finished_at = $10 WHERE id = $1",
-            )
-            .bind(&*row.id)
-            .bind(row.status)
-            .bind(row.outputs_hash.map(|hash| hash.to_string()))
-            .bind(row.inputs_hash.map(|hash| hash.to_string()))
-            .bind(&row.error)
-            .bind(row.elapsed)
-            .bind(row.total_tokens)
-            .bind(row.total_steps)
-            .bind(row.exceptions)
-            .bind(row.finished_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|error| store.error(error))?;
+                )
+                .bind(&*row.id)
+                .bind(row.status)
+                .bind(row.outputs_hash.map(|hash| hash.to_string()))
+                .bind(row.inputs_hash.map(|hash| hash.to_string()))
+                .bind(&row.error)
+                .bind(row.elapsed)
+                .bind(row.total_tokens)
+                .bind(row.total_steps)
+                .bind(row.exceptions)
+                .bind(row.finished_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|error| store.error(error))?;
+            }
+            tx.commit().await.map_err(|error| store.error(error))
         }
-        tx.commit().await.map_err(|error| store.error(error))
+        .await;
+        if written.is_err() {
+            // A connection whose transaction failed (a full disk, a lost server) may be left
+            // inside it, holding SQLite's write lock: it is closed, and the next try opens
+            // another.
+            let _ = connection.close().await;
+        }
+        written
     })
 }
 

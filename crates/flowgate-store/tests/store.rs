@@ -172,8 +172,9 @@ async fn crashed_runs_are_failed(store: &Store) {
     let mut orphan = start("11111111-1111-1111-1111-111111111111", &app.id, &version.id, Map::default(), LogDetail::Metadata);
     orphan.instance_id = "dead".into();
     let recording = recorder.run_started(orphan);
-    recorder.flush().await;
-    // The run is written as `running` when a batch closes with it still open.
+    // A run still going after half a second is written as `running`, without waiting for
+    // anything else to be recorded.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(store.run(&app.id, "11111111-1111-1111-1111-111111111111").await.unwrap().status, "running");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     store.register_instance("alive").await.unwrap();

@@ -219,7 +219,7 @@ async fn send_message(
         Launched::Stream(response) => return Ok(response),
         Launched::Blocking(handle) => handle,
     };
-    let summary = handle.await.map_err(|_| ApiError::internal())?;
+    let summary = handle.await.map_err(|_| ApiError::internal())??;
     if summary.status == RunStatus::Failed {
         return Err(ApiError::invalid_param(run_failed_message(&summary)));
     }

@@ -1,6 +1,8 @@
 //! Starting a run for the Service API: the run log, the stop handle, the SSE stream, and for
-//! chatflows the turn's message and conversation variables, saved before the client hears the
-//! run has ended (so a client's next call sees them).
+//! chatflows the turn's message and conversation variables. The client hears the run has ended
+//! (the blocking answer, `workflow_finished`, `message_end`) only once its row and final state
+//! and the turn are committed, so its next call sees them on any replica; if they cannot be
+//! stored, it hears that instead (503), never a success the log does not hold.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,12 +21,16 @@ use tokio::task::JoinHandle;
 use flowgate_engine::plan::DeclaredVariable;
 use flowgate_engine::{Map, Plan, RunControl, RunEvent, RunRequest, RunSummary};
 use flowgate_store::ConversationVariable;
-use flowgate_store::recorder::{NodeRecord, RunStart};
+use flowgate_store::recorder::{Committed, NodeRecord, RunStart};
 
 use super::{ServedApp, Shared, Task};
+use crate::api_error::ApiError;
 use crate::wire::WireContext;
 
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// The longest a finished run waits for its row to be committed before the client is told the
+/// run log cannot store it (the row is still written once the log recovers).
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 /// The most bytes of events sent as one chunk.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -54,8 +60,8 @@ pub struct Launch {
 pub enum Launched {
     /// The run's events as they happen; the run goes on if the client leaves.
     Stream(Response),
-    /// The run, to be awaited by a blocking request.
-    Blocking(JoinHandle<RunSummary>),
+    /// The run, to be awaited by a blocking request: its summary once it is stored.
+    Blocking(JoinHandle<Result<RunSummary, ApiError>>),
 }
 
 /// Starts the run on its own task.
@@ -78,9 +84,13 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
         instance_id: state.instance_id.clone(),
         created_at: flowgate_store::now(),
     });
+    // A streamed run's id reaches the client in `workflow_started`: its row is committed first,
+    // so looking the run up right away finds it.
+    let announced = if streaming { recording.as_mut().map(|recording| recording.announce()) } else { None };
     let control = RunControl::new();
     if let Ok(mut tasks) = state.tasks.lock() {
-        tasks.insert(wire.task_id.clone(), Task { app_id: app.id.clone(), control: control.clone() });
+        let (ended, _) = tokio::sync::watch::channel(false);
+        tasks.insert(wire.task_id.clone(), Task { app_id: app.id.clone(), control: control.clone(), ended });
     }
     let (events_tx, events_rx) = mpsc::unbounded_channel::<Bytes>();
     let app_id = app.id.clone();
@@ -89,6 +99,16 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
         let metrics = &state.metrics;
         // The closing events wait until the turn is saved.
         let mut closing = Vec::new();
+        let mut announce_failed = false;
+        if let Some(announced) = announced
+            && let Err(error) = wait_committed(&state, announced, "started").await
+        {
+            // The client hears why; the run ends at once as stopped, which is logged once the
+            // run log recovers.
+            let _ = events_tx.send(wire.error_event(error.code, &error.message, error.status.as_u16()));
+            announce_failed = true;
+            control.stop();
+        }
         let mut sink = |event: RunEvent| {
             match &event {
                 RunEvent::NodeFinished(finished) => {
@@ -104,7 +124,7 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
                 }
                 _ => {}
             }
-            if streaming {
+            if streaming && !announce_failed {
                 let payloads = wire.encode(&event);
                 if matches!(event, RunEvent::WorkflowFinished(_)) {
                     closing = payloads;
@@ -116,24 +136,32 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
             }
         };
         let summary = state.engine.run_prepared(&plan, prepared, &request, &mut sink, Some(&control)).await;
-        if let Some(recording) = recording {
-            recording.run_finished(&summary);
-        }
+        let committed = recording.map_or_else(Committed::now, |recording| recording.run_finished(&summary));
+        let mut stored = Ok(());
         if let Some(turn) = &turn {
-            save_turn(&state, turn, &request, &summary).await;
-            if summary.status == flowgate_engine::RunStatus::Failed && streaming {
+            stored = save_turn(&state, turn, &request, &summary).await;
+            if summary.status == flowgate_engine::RunStatus::Failed && streaming && !announce_failed {
                 closing = wire.failed_turn_events(&summary, "invalid_param", &run_failed_message(&summary), 400);
             }
+        }
+        let stored = stored.and(wait_committed(&state, committed, "finished").await);
+        if let Err(error) = &stored
+            && streaming
+            && !announce_failed
+        {
+            closing = vec![wire.error_event(error.code, &error.message, error.status.as_u16())];
         }
         for payload in closing {
             let _ = events_tx.send(payload);
         }
-        if let Ok(mut tasks) = state.tasks.lock() {
-            tasks.remove(&wire.task_id);
+        if let Ok(mut tasks) = state.tasks.lock()
+            && let Some(task) = tasks.remove(&wire.task_id)
+        {
+            let _ = task.ended.send(true);
         }
         drop(slot);
         state.metrics.run_finished(&app_id, summary.status.as_str(), summary.elapsed);
-        summary
+        stored.map(|()| summary)
     });
     if streaming { Launched::Stream(sse_response(events_rx)) } else { Launched::Blocking(handle) }
 }
@@ -142,7 +170,24 @@ pub fn run_failed_message(summary: &RunSummary) -> String {
     format!("Run failed: {}", summary.error.as_deref().unwrap_or_default())
 }
 
-async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &RunSummary) {
+/// The run's row committed, or why the client cannot be told the run is stored.
+async fn wait_committed(state: &Shared, committed: Committed, stage: &str) -> Result<(), ApiError> {
+    let reason = match tokio::time::timeout(COMMIT_WAIT, committed.wait()).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => {
+            state.recorder.health().err().map_or_else(|| "the run log did not commit it in time".to_owned(), |error| error.to_string())
+        }
+    };
+    tracing::error!(%reason, stage, "a run could not be stored in time; its client gets 503");
+    Err(ApiError::unavailable(
+        format!("The run {stage} but could not be stored: {reason}. It is written once the run log recovers; please retry shortly."),
+        2,
+    ))
+}
+
+/// Saves the turn's answer and conversation variables.
+async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &RunSummary) -> Result<(), ApiError> {
     let now = flowgate_store::now();
     let variables: Vec<ConversationVariable> = turn
         .declared
@@ -168,9 +213,10 @@ async fn save_turn(state: &Shared, turn: &Turn, request: &RunRequest, summary: &
     }
     let saved =
         state.store.end_turn(&turn.message_id, &summary.answer, error.as_deref(), &metadata, &turn.conversation_id, &variables).await;
-    if let Err(error) = saved {
+    saved.map_err(|error| {
         tracing::error!(%error, message_id = %turn.message_id, "could not save a chat turn");
-    }
+        ApiError::from(error)
+    })
 }
 
 /// Dify's SSE framing: `data: {json}\n\n` per event, and `event: ping\n\n` after ten seconds

@@ -83,7 +83,12 @@ impl ServedApp {
 struct Task {
     app_id: String,
     control: RunControl,
+    /// Set when the run has ended and what it did is stored (or could not be).
+    ended: tokio::sync::watch::Sender<bool>,
 }
+
+/// The longest a stop acknowledgement waits for the stopped run to end and be stored.
+const STOP_WAIT: Duration = Duration::from_secs(15);
 
 pub struct ServerState {
     store: Store,
@@ -191,6 +196,10 @@ impl ServerState {
     /// new runs wait for it (clients slow down instead of failing); past
     /// [`RECORDER_BACKLOG_LIMIT`], or after [`RUN_LOG_WAIT`], they get 503.
     async fn wait_for_run_log(&self) -> Result<(), ApiError> {
+        if let Err(error) = self.recorder.health() {
+            let retry_after = if error == flowgate_store::recorder::RunLogError::DiskFull { 5 } else { 1 };
+            return Err(ApiError::unavailable(format!("{error}; please retry shortly."), retry_after));
+        }
         let stats = self.recorder.stats();
         let deadline = tokio::time::Instant::now() + RUN_LOG_WAIT;
         loop {
@@ -481,10 +490,16 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// `/ready`: the database answers and the run log takes writes.
 async fn ready(State(state): State<Shared>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "database": state.store.backend().as_str()})).into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "error": error.to_string()}))).into_response(),
+    let problem = match (state.store.ping().await, state.recorder.health()) {
+        (Ok(()), Ok(())) => None,
+        (Err(error), _) => Some(error.to_string()),
+        (_, Err(error)) => Some(error.to_string()),
+    };
+    match problem {
+        None => Json(json!({"status": "ready", "database": state.store.backend().as_str()})).into_response(),
+        Some(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "error": error}))).into_response(),
     }
 }
 
@@ -493,7 +508,8 @@ async fn welcome() -> Json<Json_> {
 }
 
 /// `POST /workflows/tasks/{id}/stop` and `POST /chat-messages/{id}/stop`: Dify answers success
-/// whether or not the task is still running.
+/// whether or not the task is still running. A run stopped here is acknowledged once it has
+/// ended and its `stopped` state is stored, so a read right after shows it.
 async fn stop_task(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -502,11 +518,18 @@ async fn stop_task(
 ) -> Result<Json<Json_>, ApiError> {
     let app = state.app_for_key(&headers).await?;
     required_user(&body)?;
+    let mut ended = None;
     if let Ok(tasks) = state.tasks.lock()
         && let Some(task) = tasks.get(&task_id)
         && task.app_id == app.id
     {
         task.control.stop();
+        ended = Some(task.ended.subscribe());
+    }
+    if let Some(mut ended) = ended
+        && tokio::time::timeout(STOP_WAIT, ended.wait_for(|ended| *ended)).await.is_err()
+    {
+        return Err(ApiError::unavailable("The run was asked to stop but has not ended yet; please retry shortly.", 1));
     }
     Ok(Json(json!({"result": "success"})))
 }

@@ -97,7 +97,7 @@ async fn start(state: Shared, app: Arc<ServedApp>, version_id: String, body: ser
         Launched::Stream(response) => return Ok(response),
         Launched::Blocking(handle) => handle,
     };
-    let summary = handle.await.map_err(|_| ApiError::internal())?;
+    let summary = handle.await.map_err(|_| ApiError::internal())??;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], wire.blocking_response(&summary)).into_response())
 }
 

@@ -73,17 +73,24 @@ impl Deployment {
 
     pub fn serve_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let address = format!("127.0.0.1:{}", free_port());
-        let child = self
+        // The log goes to a file (a pipe nobody reads would fill and stall the server).
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log_path = self.data_dir.join(format!("serve-{}.log", address.replace(':', "-")));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = self
             .flowgate()
             .args(["serve", "--listen", &address])
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&address).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the server exited with {status}: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
             assert!(Instant::now() < deadline, "the server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -105,7 +105,7 @@ fn two_servers_share_one_rate_limit_through_redis() {
          \x20   - {{name: {rule}, limit_by: key, requests_per_minute: 12}}\n",
         mock.base_url()
     );
-    let deployment = Deployment::sqlite("limits");
+    let deployment = Deployment::postgres("limits");
     std::fs::create_dir_all(&deployment.data_dir).unwrap();
     let models_file = deployment.data_dir.join("models.yaml");
     std::fs::write(&models_file, models).unwrap();
@@ -167,7 +167,7 @@ fn answers_are_cached_shared_through_redis_replayed_as_streams_and_bypassable() 
          cache: {{backend: redis, redis_url: 'redis://127.0.0.1:6379'}}\n",
         mock.base_url()
     );
-    let deployment = Deployment::sqlite("cache");
+    let deployment = Deployment::postgres("cache");
     std::fs::create_dir_all(&deployment.data_dir).unwrap();
     let models_file = deployment.data_dir.join("models.yaml");
     std::fs::write(&models_file, models).unwrap();

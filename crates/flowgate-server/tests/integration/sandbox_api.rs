@@ -81,6 +81,8 @@ fn flowgate_serves_the_dify_sandbox_api_and_uses_one_as_its_backend() {
     assert_eq!(response["data"]["outputs"]["square"], 49);
     assert_eq!(response["data"]["outputs"]["network"], "PermissionError", "the serving sandbox keeps code off the network");
 
+    // One server at a time on an embedded database.
+    drop(remote);
     let wrong = client.serve_with_env(&[], &[("CODE_EXECUTION_ENDPOINT", endpoint.as_str()), ("CODE_EXECUTION_API_KEY", "wrong")]);
     let (_, response) = http(&wrong.address, "POST", "/v1/workflows/run", Some(&app), Some(r#"{"inputs": {"n": 7}, "user": "u"}"#));
     let response: Json = serde_json::from_str(&response).unwrap();

@@ -49,3 +49,33 @@ fn published_sdks_work_against_sqlite() {
 fn published_sdks_work_against_postgres() {
     drive_with_sdks(&Deployment::postgres("sdk"));
 }
+
+/// `dify-python-sdk` unchanged: every run is read the moment its answer arrives, on each server.
+fn answered_runs_are_found_at_once(deployment: &Deployment, replicas: usize) {
+    let key = deployment.import("bench/workloads/bench10-noio.yml")["api_key"].as_str().unwrap().to_owned();
+    let servers: Vec<_> = (0..replicas).map(|_| deployment.serve(&[])).collect();
+    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
+    let output = Command::new(sdk_python("community"))
+        .arg(repo_root().join("tests/service/read_after_write_test.py"))
+        .env("FLOWGATE_URLS", serde_json::to_string(&urls).unwrap())
+        .env("FLOWGATE_KEY", key)
+        .env("FLOWGATE_ROOT", repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "read_after_write_test.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn answered_runs_are_found_at_once_on_sqlite() {
+    answered_runs_are_found_at_once(&Deployment::sqlite("read-after-write"), 1);
+}
+
+#[test]
+fn answered_runs_are_found_at_once_on_both_postgres_replicas() {
+    answered_runs_are_found_at_once(&Deployment::postgres("read-after-write"), 2);
+}
