@@ -350,10 +350,11 @@ pub struct ServeOptions {
     pub instance_timeout: Duration,
     pub models: Option<std::path::PathBuf>,
     pub code: crate::code::CodeArgs,
+    pub connections: crate::connections::ConnectionArgs,
 }
 
 pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptions) -> ExitCode {
-    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout, models, code } = options;
+    let ServeOptions { max_body_bytes, grace, allow_network, instance_timeout, models, code, connections } = options;
     let gateway = match models.as_deref().map(crate::models::load) {
         None => None,
         Some(Ok(gateway)) => Some(gateway),
@@ -491,7 +492,7 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
-        let result = crate::service::serve(state, listen, max_body_bytes, grace).await;
+        let result = crate::service::serve(state, listen, max_body_bytes, connections.limits(), grace).await;
         heartbeat.abort();
         config_watch.abort();
         if let Some(scraper) = scraper {

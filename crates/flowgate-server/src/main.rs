@@ -4,6 +4,7 @@ mod admin_cli;
 mod api_error;
 mod cache;
 mod code;
+mod connections;
 mod files;
 mod limits;
 mod manage;
@@ -70,6 +71,8 @@ enum Command {
         models: Option<PathBuf>,
         #[command(flatten)]
         code: code::CodeArgs,
+        #[command(flatten)]
+        connections: connections::ConnectionArgs,
     },
     /// Bring the database schema up to date and exit.
     Migrate {
@@ -140,7 +143,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout, models, code } => {
+        Command::Serve { listen, store, max_body_bytes, shutdown_grace, allow_network, instance_timeout, models, code, connections } => {
             admin_cli::serve(
                 listen,
                 store,
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
                     instance_timeout: Duration::from_secs(instance_timeout),
                     models,
                     code,
+                    connections,
                 },
             )
         }

@@ -55,11 +55,9 @@ impl Backend {
 pub(crate) enum Db {
     /// SQLite allows one writer at a time; one writer connection makes writers queue in the
     /// pool instead of failing with `database is locked`, while readers run in parallel (WAL).
-    Sqlite {
-        writer: SqlitePool,
-        reader: SqlitePool,
-    },
-    Postgres(PgPool),
+    Sqlite { writer: SqlitePool, reader: SqlitePool },
+    /// The pool, and the circuit that fails its operations fast while the server is away.
+    Postgres(PgPool, Arc<crate::circuit::Circuit>),
 }
 
 /// The store: cheap to clone, shared by every request.
@@ -75,12 +73,14 @@ pub struct Store {
 /// gets its row within half a second.
 const ORPHANED_TURN_AGE: i64 = 10;
 
-/// Runs `$body` with `$pool` bound to a connection pool for reads.
+/// Runs `$body` with `$pool` bound to a connection pool for reads. On PostgreSQL it runs under
+/// the circuit (see [`crate::circuit`]): while the server is away, the enclosing function
+/// returns [`StoreError::Unavailable`] at once.
 macro_rules! read {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.db {
             $crate::db::Db::Sqlite { reader: $pool, .. } => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Postgres($pool, circuit) => circuit.guard(async { Ok($body) }).await?,
         }
     };
 }
@@ -90,7 +90,7 @@ macro_rules! write {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.db {
             $crate::db::Db::Sqlite { writer: $pool, .. } => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Postgres($pool, circuit) => circuit.guard(async { Ok($body) }).await?,
         }
     };
 }
@@ -156,7 +156,8 @@ impl Store {
                     .await
                     .map_err(|error| StoreError::Database(format!("cannot connect to PostgreSQL: {error}")))?;
                 migrate(POSTGRES_MIGRATIONS, &pool).await?;
-                Db::Postgres(pool)
+                let circuit = crate::circuit::Circuit::new(pool.connect_options());
+                Db::Postgres(pool, circuit)
             }
             Some(url) if url.starts_with("sqlite:") => {
                 let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -227,7 +228,7 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self.db {
             Db::Sqlite { .. } => Backend::Sqlite,
-            Db::Postgres(_) => Backend::Postgres,
+            Db::Postgres(..) => Backend::Postgres,
         }
     }
 
@@ -238,7 +239,7 @@ impl Store {
     /// The SQLite file, for an embedded database.
     pub fn embedded_database(&self) -> Option<PathBuf> {
         match (&self.db, &self.config.database_url) {
-            (Db::Postgres(_), _) => None,
+            (Db::Postgres(..), _) => None,
             (Db::Sqlite { .. }, Some(url)) => Some(PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"))),
             (Db::Sqlite { .. }, None) => Some(self.config.data_dir.join("flowgate.db")),
         }
@@ -261,7 +262,7 @@ impl Store {
                 let (reader_used, reader_size) = usage(reader.size(), reader.num_idle());
                 (writer_used + reader_used, writer_size + reader_size)
             }
-            Db::Postgres(pool) => usage(pool.size(), pool.num_idle()),
+            Db::Postgres(pool, _) => usage(pool.size(), pool.num_idle()),
         }
     }
 

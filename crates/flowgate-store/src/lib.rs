@@ -11,6 +11,7 @@
 mod apps;
 pub mod blobs;
 mod chat;
+mod circuit;
 mod db;
 mod error;
 mod node_log;

@@ -46,7 +46,7 @@ impl Store {
                 let wal = self.config().data_dir.join("flowgate.db-wal");
                 Signal::Files { paths: [main, wal], stamp: None }
             }
-            Db::Postgres(_) => Signal::Listen(None),
+            Db::Postgres(..) => Signal::Listen(None),
         };
         let mut watch = ConfigWatch { store: self.clone(), seen: None, signal };
         watch.listen().await;

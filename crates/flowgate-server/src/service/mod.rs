@@ -535,16 +535,25 @@ async fn stop_task(
 }
 
 /// Runs the server until Ctrl-C / SIGTERM, then lets in-flight runs finish (up to `grace`).
-pub async fn serve(state: Shared, listen: SocketAddr, max_body_bytes: usize, grace: Duration) -> Result<(), String> {
+pub async fn serve(
+    state: Shared,
+    listen: SocketAddr,
+    max_body_bytes: usize,
+    limits: crate::connections::ConnectionLimits,
+    grace: Duration,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("cannot listen on {listen}: {error}"))?;
-    // Without TCP_NODELAY a streamed event can sit in the kernel until the client's delayed ACK
-    // (40 ms) releases it: every SSE frame must leave at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tracing::info!(%listen, database = state.store.backend().as_str(), blobs = state.store.blobs().describe(), "flowgate serving");
+    tracing::info!(
+        %listen,
+        database = state.store.backend().as_str(),
+        blobs = state.store.blobs().describe(),
+        max_connections = limits.max_connections,
+        header_timeout_s = limits.header_timeout.as_secs(),
+        body_timeout_s = limits.body_timeout.as_secs(),
+        "flowgate serving"
+    );
     let app = router(state.clone(), max_body_bytes);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|error| error.to_string())?;
+    crate::connections::serve(listener, app, limits, shutdown_signal(), grace).await;
     let deadline = Instant::now() + grace;
     while state.tasks.lock().map(|tasks| !tasks.is_empty()).unwrap_or(false) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
