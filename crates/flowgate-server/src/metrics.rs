@@ -118,6 +118,13 @@ impl Metrics {
         gauge(&mut out, "flowgate_recorder_rows_total", "Run-log rows written.", "counter", gauges.recorder_rows.to_string());
         gauge(&mut out, "flowgate_recorder_errors_total", "Run-log batches that failed.", "counter", gauges.recorder_errors.to_string());
         gauge(&mut out, "flowgate_runs_in_progress", "Runs executing now.", "gauge", gauges.runs_in_progress.to_string());
+        let count = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed).to_string();
+        let open = crate::connections::OPEN_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed).to_string();
+        gauge(&mut out, "flowgate_http_connections_open", "Client connections open.", "gauge", open);
+        let evicted = count(&crate::connections::EVICTED_CONNECTIONS);
+        gauge(&mut out, "flowgate_http_connections_evicted_total", "Idle connections closed to make room at the cap.", "counter", evicted);
+        let refused = count(&crate::connections::REFUSED_CONNECTIONS);
+        gauge(&mut out, "flowgate_http_connections_refused_total", "Connections closed on arrival at the cap.", "counter", refused);
         out
     }
 }

@@ -245,9 +245,9 @@ impl RecorderStats {
 
 /// The most operations in one transaction.
 const BATCH_SIZE: usize = 4096;
-/// Batches waiting for the database besides the one being written: gathering the next batch
-/// overlaps writing this one.
-const BATCHES_IN_FLIGHT: usize = 1;
+/// While the writer is busy, how often the gatherer looks whether it is free for the next
+/// batch (the batch keeps filling meanwhile).
+const WRITER_BUSY_POLL: Duration = Duration::from_micros(500);
 /// A run still going after this long gets its `running` row (a shorter one is written once).
 const RUNNING_ROW_AFTER: Duration = Duration::from_millis(500);
 /// How long a failed batch waits before it is written again, doubling up to the last.
@@ -282,12 +282,14 @@ impl Recorder {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(RecorderStats::default());
         let stored = Arc::new(StoredSet::default());
-        let (batches, pending) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let (batches, pending) = mpsc::channel(1);
+        let writer_idle = Arc::new(AtomicBool::new(true));
+        let idle = writer_idle.clone();
         std::thread::Builder::new()
             .name("flowgate-recorder".into())
-            .spawn(move || gather_batches(&rx, &batches))
+            .spawn(move || gather_batches(&rx, &batches, &idle))
             .map_err(|error| StoreError::Config(format!("cannot start the run recorder: {error}")))?;
-        tokio::spawn(write_batches(store, pending, stats.clone()));
+        tokio::spawn(write_batches(store, pending, stats.clone(), writer_idle));
         Ok(Self { tx, stats, stored })
     }
 
@@ -532,38 +534,49 @@ impl Gatherer {
     }
 }
 
-fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Batch>) {
+fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Batch>, writer_idle: &AtomicBool) {
     let mut gatherer = Gatherer::default();
+    let mut batch = Batch::default();
     loop {
-        // Waits for work; while runs are open, no longer than until the first of them is due a
-        // `running` row. While a batch is being written the channel to the writer is full and
-        // this thread waits there instead, so operations pile up into the next batch without a
-        // wake-up each (group commit).
-        let first = match gatherer.next_running_row() {
-            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
-            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        // Group commit: the batch is handed over only when the writer is free, and until then
+        // it takes in every run that ends, so a run waits for at most the write in progress
+        // and its own. With nothing to write, this waits for work; while runs are open, no
+        // longer than until the first of them is due a `running` row.
+        let pending = batch.ops > 0 || !batch.run_inserts.is_empty();
+        let wait = if pending {
+            Some(WRITER_BUSY_POLL)
+        } else {
+            gatherer.next_running_row().map(|due| due.saturating_duration_since(Instant::now()))
         };
-        let mut batch = Batch::default();
+        let first = match wait {
+            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+            Some(wait) if batch.ops < BATCH_SIZE => rx.recv_timeout(wait),
+            Some(wait) => {
+                std::thread::sleep(wait);
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            }
+        };
+        let mut disconnected = false;
         match first {
             Ok(op) => gatherer.take(op, &mut batch),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
         }
-        let mut disconnected = false;
-        while batch.ops < BATCH_SIZE {
+        while !disconnected && batch.ops < BATCH_SIZE {
             match rx.try_recv() {
                 Ok(op) => gatherer.take(op, &mut batch),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => disconnected = true,
             }
+        }
+        if !writer_idle.load(Ordering::Acquire) && !disconnected {
+            continue;
         }
         gatherer.write_running_rows(&mut batch);
         if batch.ops > 0 || !batch.run_inserts.is_empty() {
             batch.seal_segments();
-            if batches.blocking_send(batch).is_err() {
+            writer_idle.store(false, Ordering::Release);
+            if batches.blocking_send(std::mem::take(&mut batch)).is_err() {
                 return;
             }
         }
@@ -582,7 +595,7 @@ fn run_log_error(error: &StoreError) -> RunLogError {
 }
 
 /// The second stage: writes batches in order, one transaction each, each until it is in.
-async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: Arc<RecorderStats>) {
+async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: Arc<RecorderStats>, idle: Arc<AtomicBool>) {
     while let Some(mut batch) = pending.recv().await {
         let ops = batch.ops;
         let rows = batch.run_inserts.len() + batch.run_updates.len() + batch.segments.len();
@@ -602,6 +615,8 @@ async fn write_batches(store: Store, mut pending: mpsc::Receiver<Batch>, stats: 
                 }
             }
         }
+        // The gatherer may hand over the next batch while this one's waiters are told.
+        idle.store(true, Ordering::Release);
         if attempt > 0 {
             tracing::info!(attempts = attempt + 1, "the run log is written again");
         }

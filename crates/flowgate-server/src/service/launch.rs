@@ -139,14 +139,15 @@ pub fn launch(state: &Shared, launch: Launch) -> Launched {
         };
         let summary = state.engine.run_prepared(&plan, prepared, &request, &mut sink, Some(&control)).await;
         let committed = recording.map_or_else(Committed::now, |recording| recording.run_finished(&summary));
-        let mut stored = Ok(());
+        // The run first, then the turn: an answered message never points at a run the log
+        // does not hold, even if the process dies between the two.
+        let mut stored = wait_committed(&state, committed, "finished").await;
         if let Some(turn) = &turn {
-            stored = save_turn(&state, turn, &request, &summary).await;
+            stored = stored.and(save_turn(&state, turn, &request, &summary).await);
             if summary.status == flowgate_engine::RunStatus::Failed && streaming && !announce_failed {
                 closing = wire.failed_turn_events(&summary, "invalid_param", &run_failed_message(&summary), 400);
             }
         }
-        let stored = stored.and(wait_committed(&state, committed, "finished").await);
         if let Err(error) = &stored
             && streaming
             && !announce_failed

@@ -51,6 +51,16 @@ impl Deployment {
         Self { data_dir: temp_data_dir(tag), database_url: Some(format!("{base}/{name}")), database_name: Some(name) }
     }
 
+    /// An embedded deployment whose data lives in `data_dir`.
+    pub fn sqlite_in(data_dir: PathBuf) -> Self {
+        Self { data_dir, database_url: None, database_name: None }
+    }
+
+    /// A deployment on a database the test runs itself (no database is created or dropped).
+    pub fn on_database(tag: &str, url: &str) -> Self {
+        Self { data_dir: temp_data_dir(tag), database_url: Some(url.to_owned()), database_name: None }
+    }
+
     pub fn flowgate(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
         command.current_dir(repo_root()).env("FLOWGATE_DATA_DIR", &self.data_dir).env_remove("DATABASE_URL");
@@ -125,7 +135,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

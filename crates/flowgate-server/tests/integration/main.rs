@@ -9,6 +9,7 @@ mod blobs_s3;
 mod cli;
 mod conformance;
 mod corpus;
+mod durability;
 mod gateway_nodes;
 mod harness;
 mod http_fixture;
