@@ -149,7 +149,11 @@ impl Store {
         let sqlx_error = |error: sqlx::Error| StoreError::from_sqlx(error, acquire_timeout);
         let db = match &config.database_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                // No ping before each use: it is a round trip per operation, and a dead
+                // connection fails the operation anyway (the run log retries it, a request gets
+                // 503, and the circuit looks at the server).
                 let pool = PgPoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(config.max_connections.max(1))
                     .acquire_timeout(acquire_timeout)
                     .connect(url)

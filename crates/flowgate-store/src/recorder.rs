@@ -264,7 +264,7 @@ const RETRY_DELAYS: [Duration; 6] = [
 /// databases see a handful of distinct statements, each prepared once per connection and
 /// reused, instead of a new one to parse for every batch. 21 columns × 256 rows stays far
 /// below both databases' limit on bound parameters (SQLite 32,766; PostgreSQL 65,535).
-const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
+const STATEMENT_ROWS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// `rows` cut into chunks of the sizes in [`STATEMENT_ROWS`], largest first.
 fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
@@ -850,7 +850,7 @@ mod tests {
     fn batches_are_cut_into_statements_of_a_few_fixed_sizes() {
         let rows: Vec<usize> = (0..343).collect();
         let sizes: Vec<usize> = statement_chunks(&rows).map(<[usize]>::len).collect();
-        assert_eq!(sizes, [256, 64, 16, 4, 1, 1, 1]);
+        assert_eq!(sizes, [256, 64, 16, 4, 2, 1]);
         let flattened: Vec<usize> = statement_chunks(&rows).flatten().copied().collect();
         assert_eq!(flattened, rows);
         assert_eq!(statement_chunks::<usize>(&[]).count(), 0);

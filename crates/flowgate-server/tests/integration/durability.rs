@@ -351,6 +351,16 @@ fn a_postgres_outage_fails_fast_and_recovers_without_a_restart() {
         assert!(Instant::now() < deadline, "runs still refused 10 s after PostgreSQL came back: {body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // And every request after that: no connection the outage broke is used again.
+    for _ in 0..40 {
+        let (status, body) = post(&server.address, "/v1/workflows/run", &apps.workflow, &run).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let run_id = body["workflow_run_id"].as_str().unwrap().to_owned();
+        let (status, read) =
+            crate::harness::http(&server.address, "GET", &format!("/v1/workflows/run/{run_id}"), Some(&apps.workflow), None);
+        assert_eq!(status, 200, "{read}");
+        before.runs.push(run_id);
+    }
     assert_nothing_lost(&deployment, &before);
 }
 
