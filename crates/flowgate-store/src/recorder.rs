@@ -540,27 +540,24 @@ fn gather_batches(rx: &std::sync::mpsc::Receiver<Op>, batches: &mpsc::Sender<Bat
     loop {
         // Group commit: the batch is handed over only when the writer is free, and until then
         // it takes in every run that ends, so a run waits for at most the write in progress
-        // and its own. With nothing to write, this waits for work; while runs are open, no
-        // longer than until the first of them is due a `running` row.
+        // and its own. While the writer is busy this thread sleeps between looks instead of
+        // waiting on the channel, so handing an operation over never has to wake it (a system
+        // call per operation). With nothing to write, it waits for work; while runs are open,
+        // no longer than until the first of them is due a `running` row.
         let pending = batch.ops > 0 || !batch.run_inserts.is_empty();
-        let wait = if pending {
-            Some(WRITER_BUSY_POLL)
-        } else {
-            gatherer.next_running_row().map(|due| due.saturating_duration_since(Instant::now()))
-        };
-        let first = match wait {
-            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
-            Some(wait) if batch.ops < BATCH_SIZE => rx.recv_timeout(wait),
-            Some(wait) => {
-                std::thread::sleep(wait);
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-            }
-        };
         let mut disconnected = false;
-        match first {
-            Ok(op) => gatherer.take(op, &mut batch),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+        if !pending {
+            let first = match gatherer.next_running_row() {
+                None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
+            match first {
+                Ok(op) => gatherer.take(op, &mut batch),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+        } else if !writer_idle.load(Ordering::Acquire) {
+            std::thread::sleep(WRITER_BUSY_POLL);
         }
         while !disconnected && batch.ops < BATCH_SIZE {
             match rx.try_recv() {
