@@ -540,3 +540,38 @@ fn slow_and_idle_connections_are_cut_off_and_normal_clients_go_on() {
     assert!(most_files < cap + 200, "the server held {most_files} files with a cap of {cap} connections");
     assert!(cut_off > 500, "slow and idle connections were cut off: {cut_off}");
 }
+
+#[test]
+fn a_postgres_outage_longer_than_the_instance_timeout_fails_no_live_run() {
+    use crate::operations::{read_to_end, slow_endpoint, start_streaming};
+    let postgres = OwnPostgres::start();
+    let deployment = Deployment::on_database("long-outage", &postgres.url());
+    let slow = deployment.import("tests/service/slow-workflow.yml")["api_key"].as_str().unwrap().to_owned();
+    let options = ["--allow-network", "127.0.0.1/32", "--instance-timeout", "3"];
+    let replicas = [deployment.serve(&options), deployment.serve(&options)];
+    let body = json!({"inputs": {"url": slow_endpoint(Duration::from_secs(16))}, "user": "long", "response_mode": "streaming"});
+    let (stream, run_id) = start_streaming(&replicas[1].address, &slow, &body);
+    // Longer than two instance timeouts: every replica's heartbeat is that old when it returns.
+    postgres.down();
+    std::thread::sleep(Duration::from_secs(7));
+    postgres.up();
+    let back = Instant::now();
+    // For more than two instance timeouts of healthy heartbeats, the live run stays running.
+    while back.elapsed() < Duration::from_secs(7) {
+        for replica in &replicas {
+            let (status, read) = crate::harness::http(&replica.address, "GET", &format!("/v1/workflows/run/{run_id}"), Some(&slow), None);
+            if status == 503 && back.elapsed() < Duration::from_secs(1) {
+                continue; // the circuit closes at the next probe
+            }
+            assert_eq!(status, 200, "{read}");
+            let run: Json = serde_json::from_str(&read).unwrap();
+            assert_eq!(run["status"], "running", "a live run was failed after the outage: {run}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let events = read_to_end(stream, String::new());
+    assert!(events.contains("\"workflow_finished\"") && events.contains("\"succeeded\""), "{events}");
+    let (status, read) = crate::harness::http(&replicas[0].address, "GET", &format!("/v1/workflows/run/{run_id}"), Some(&slow), None);
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(serde_json::from_str::<Json>(&read).unwrap()["status"], "succeeded", "{read}");
+}

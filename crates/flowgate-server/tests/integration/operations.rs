@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use crate::harness::{Deployment, http};
 
 /// An HTTP endpoint that answers after `delay`, for runs that must still be going.
-fn slow_endpoint(delay: Duration) -> String {
+pub(crate) fn slow_endpoint(delay: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -31,7 +31,7 @@ fn slow_endpoint(delay: Duration) -> String {
 }
 
 /// Starts a streaming run and returns the open connection and its run id, once the run has begun.
-fn start_streaming(address: &str, key: &str, body: &Json) -> (TcpStream, String) {
+pub(crate) fn start_streaming(address: &str, key: &str, body: &Json) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     let body = body.to_string();
     write!(
@@ -204,7 +204,7 @@ fn kill_9_postgres() {
 }
 
 /// Reads a streaming response to its end.
-fn read_to_end(mut stream: TcpStream, seen: String) -> String {
+pub(crate) fn read_to_end(mut stream: TcpStream, seen: String) -> String {
     let mut rest = Vec::new();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let _ = stream.read_to_end(&mut rest);
