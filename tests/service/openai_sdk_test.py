@@ -69,6 +69,13 @@ def main():
     assert embeddings.model == "main"
 
     assert "main" in [model.id for model in client.models.list()]
+    retrieved = client.models.retrieve("main")
+    assert (retrieved.id, retrieved.object) == ("main", "model"), retrieved
+    try:
+        client.models.retrieve("nope")
+        raise AssertionError("an unknown model must be refused")
+    except openai.NotFoundError as error:
+        assert error.code == "model_not_found", error
 
     try:
         client.chat.completions.create(model="limited", messages=[{"role": "user", "content": "hi"}])

@@ -429,6 +429,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/completions", post(openai_api::completions))
         .route("/v1/embeddings", post(openai_api::embeddings))
         .route("/v1/models", get(openai_api::models))
+        .route("/v1/models/{model}", get(openai_api::model))
         .route("/metrics", get(metrics))
         .route("/v1/audio-to-text", post(unsupported("speech to text (POST /v1/audio-to-text)")))
         .route("/v1/text-to-audio", post(unsupported("text to speech (POST /v1/text-to-audio)")))

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -611,16 +611,29 @@ pub async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: B
     }
 }
 
+/// A logical model of the models file as OpenAI describes a model.
+fn model_object(name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "flowgate"})
+}
+
 pub async fn models(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let gateway = match authorize(&state, &headers) {
         Ok((gateway, _)) => gateway,
         Err(failure) => return failure.into_response(),
     };
-    let data: Vec<Value> = gateway
-        .config()
-        .models
-        .iter()
-        .map(|model| json!({"id": model.name, "object": "model", "created": 0, "owned_by": "flowgate"}))
-        .collect();
+    let data: Vec<Value> = gateway.config().models.iter().map(|model| model_object(&model.name)).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{model}` (`client.models.retrieve`).
+pub async fn model(State(state): State<Shared>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let gateway = match authorize(&state, &headers) {
+        Ok((gateway, _)) => gateway,
+        Err(failure) => return failure.into_response(),
+    };
+    if gateway.config().models.iter().any(|model| model.name == name) {
+        axum::Json(model_object(&name)).into_response()
+    } else {
+        gateway_error(&GatewayError::UnknownModel(name)).into_response()
+    }
 }
