@@ -445,6 +445,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -489,6 +490,11 @@ async fn not_found() -> ApiError {
     ApiError::not_found(
         "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.",
     )
+}
+
+/// A known path asked with a method it does not take: Werkzeug's 405, as Dify answers it.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "The method is not allowed for the requested URL.")
 }
 
 /// `/ready`: the database answers and the run log takes writes.

@@ -180,4 +180,12 @@ fn dify_routes_not_served_yet_say_so_by_name() {
     }
     let (status, _) = http(&server.address, "GET", "/v1/no-such-route", Some(&key), None);
     assert_eq!(status, 404, "a path Dify does not have stays a 404");
+    // A known path with the wrong method: Flask's 405 in Dify's error shape, not an empty body.
+    let (status, body) = http(&server.address, "GET", "/v1/workflows/run", Some(&key), None);
+    let body: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"code": "method_not_allowed", "message": "The method is not allowed for the requested URL.", "status": 405})
+    );
 }
