@@ -364,7 +364,9 @@ pub fn serve(listen: std::net::SocketAddr, store: StoreArgs, options: ServeOptio
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours).try_init();
     // Only from the environment: a command-line argument would show in every process listing.
     let admin_token = std::env::var("FLOWGATE_ADMIN_TOKEN").ok().map(|token| token.trim().to_owned()).filter(|token| !token.is_empty());
     if let Some(token) = &admin_token

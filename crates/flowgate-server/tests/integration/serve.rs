@@ -178,6 +178,14 @@ fn dify_routes_not_served_yet_say_so_by_name() {
         let message = body["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("not supported yet: {feature}")), "{method} {path}: {message}");
     }
+    // The server's log goes to a file here: plain text, no terminal colour codes.
+    let log = std::fs::read_dir(&deployment.data_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .unwrap();
+    assert!(log.contains("flowgate serving") && !log.contains('\u{1b}'), "{log}");
     let (status, _) = http(&server.address, "GET", "/v1/no-such-route", Some(&key), None);
     assert_eq!(status, 404, "a path Dify does not have stays a 404");
     // A known path with the wrong method: Flask's 405 in Dify's error shape, not an empty body.
