@@ -4,8 +4,8 @@
 //! overshoot a budget by the calls already in flight.
 //!
 //! Counting is a sliding window approximated by two fixed windows (the previous window's count
-//! weighted by how much of it still overlaps): no 2× burst at a window boundary, two counters
-//! per quota. Two backends with the same arithmetic: in this process, or in Redis with one
+//! weighted by how much of it still overlaps, rounded up so a boundary never lets one more call
+//! through than the limit): no 2× burst at a window boundary, two counters per quota. Two backends with the same arithmetic: in this process, or in Redis with one
 //! script that checks and reserves every quota of a call atomically, so all replicas share
 //! one budget.
 
@@ -189,7 +189,7 @@ for i = 1, n do
   local current = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local previous = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
   local elapsed = now % window
-  local used = math.floor(previous * (window - elapsed) / window) + current
+  local used = math.ceil(previous * (window - elapsed) / window) + current
   if used + amount > limit then
     return {i, window - elapsed}
   end
@@ -329,7 +329,7 @@ impl LimiterInner {
             let window = windows.entry(charge.key.clone()).or_insert(Window { index: now / window_ms, window_ms, current: 0, previous: 0 });
             roll(window, now / window_ms);
             let elapsed = now % window_ms;
-            let used = (window.previous as f64 * (window_ms - elapsed) as f64 / window_ms as f64).floor() as i64 + window.current;
+            let used = (window.previous as f64 * (window_ms - elapsed) as f64 / window_ms as f64).ceil() as i64 + window.current;
             if used + charge.amount as i64 > charge.limit as i64 {
                 return Some((index, Duration::from_millis(window_ms - elapsed)));
             }
@@ -451,6 +451,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         limiter.admit("m", &user(MEMORY_COUNTERS), 0).await.unwrap().settle(None).await;
         assert_eq!(limiter.inner.memory.lock().unwrap().len(), 1, "only the live counter is left");
+    }
+
+    #[test]
+    fn a_full_window_lets_no_extra_call_through_just_after_the_boundary() {
+        let limiter = limiter(vec![Quota { resource: Resource::Requests, window: Duration::from_secs(60), limit: 12 }], LimitBy::Key);
+        let charges = limiter.charges("m", &caller("a"), 0);
+        let boundary = 1_000 * 60_000;
+        for offset in 0..12 {
+            assert!(limiter.inner.admit_in_memory(&charges, boundary - 12 + offset).is_none());
+        }
+        // 12 in the previous window weighted by 59.9/60 is 11.98 of them: rounding down would
+        // admit a thirteenth call (CI saw exactly that across two servers sharing Redis).
+        assert!(limiter.inner.admit_in_memory(&charges, boundary + 100).is_some(), "the 13th call is refused");
+        // Once a twelfth of the window has passed, one call's worth has slid out.
+        assert!(limiter.inner.admit_in_memory(&charges, boundary + 5_000).is_none());
     }
 
     #[test]
