@@ -4,6 +4,7 @@
 //! Untrusted input goes through serde-saphyr with budgets, so alias bombs and absurd nesting
 //! are refused with an error instead of exhausting memory.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -49,17 +50,17 @@ pub(crate) fn decode(text: &str) -> Result<Decoded, DslError> {
 
 fn decode_on_this_thread(text: &str) -> Result<Decoded, DslError> {
     let trimmed = text.trim_start_matches('\u{feff}');
-    let value = parse_yaml(trimmed)?;
+    let (value, parsed_text) = parse_yaml(trimmed)?;
     // The console export API wraps the YAML in a JSON object with a single `data` string.
     if let Value::Object(map) = &value
         && map.len() == 1
         && let Some(Value::String(inner)) = map.get("data")
     {
-        let inner_value = parse_yaml(inner)?;
-        let lines = LineIndex::build(inner);
+        let (inner_value, parsed_inner) = parse_yaml(inner)?;
+        let lines = LineIndex::build(&parsed_inner);
         return Ok(Decoded { value: inner_value, yaml_text: inner.clone(), lines });
     }
-    let lines = LineIndex::build(trimmed);
+    let lines = LineIndex::build(&parsed_text);
     Ok(Decoded { value, yaml_text: trimmed.to_owned(), lines })
 }
 
@@ -79,13 +80,65 @@ fn options() -> serde_saphyr::Options {
     options
 }
 
-fn parse_yaml(text: &str) -> Result<Value, DslError> {
+/// PyYAML, which reads exports into Dify, does not check how far a quoted scalar's continuation
+/// lines are indented; YAML (and granit, the scanner under serde-saphyr) wants them deeper than
+/// the enclosing block. Real exports that Dify imports have such lines, so each one the scanner
+/// reports is moved one column past the line above and the text parsed again. A continuation
+/// line's leading blanks are folded away, so the value is the one PyYAML reads. Documents with
+/// more such lines than this are refused (each costs a parse).
+const MAX_REINDENTED_LINES: usize = 32;
+
+/// The value, and the text it was parsed from (the input with any continuation lines moved
+/// right; same lines, so line numbers still point into the input).
+fn parse_yaml(text: &str) -> Result<(Value, Cow<'_, str>), DslError> {
     if text.trim().is_empty() {
         return Err(DslError::NotMapping { found: "an empty document" });
     }
-    let value: Value = serde_saphyr::from_str_with_options(text, options()).map_err(yaml_error)?;
-    check_depth(&value, 0)?;
-    Ok(value)
+    let mut text = Cow::Borrowed(text);
+    let mut reindented = 0;
+    loop {
+        match serde_saphyr::from_str_with_options::<Value>(&text, options()) {
+            Ok(value) => {
+                check_depth(&value, 0)?;
+                return Ok((value, text));
+            }
+            Err(error) => match quoted_continuation_line(&error).and_then(|line| reindent(&text, line)) {
+                Some(fixed) if reindented < MAX_REINDENTED_LINES => {
+                    reindented += 1;
+                    text = Cow::Owned(fixed);
+                }
+                _ => return Err(yaml_error(error)),
+            },
+        }
+    }
+}
+
+/// The line (1-based) of a quoted scalar's continuation that the scanner found under-indented.
+fn quoted_continuation_line(error: &serde_saphyr::Error) -> Option<usize> {
+    use serde_saphyr::MessageFormatter as _;
+    let message = first_line(&serde_saphyr::DefaultMessageFormatter.format_message(error));
+    if strip_location(&message) != "invalid indentation in multiline quoted scalar" {
+        return None;
+    }
+    usize::try_from(error.location()?.line()).ok().filter(|line| *line >= 2)
+}
+
+/// The text with `line` indented one space past the closest non-blank line above it; `None`
+/// when it already is (then the fault is something else and the error stands).
+fn reindent(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let indent = |line: &str| line.len() - line.trim_start_matches(' ').len();
+    let target = lines.get(line - 1)?;
+    let above = lines[..line - 1].iter().rev().find(|candidate| !candidate.trim().is_empty())?;
+    let missing = (indent(above) + 1).checked_sub(indent(target)).filter(|missing| *missing > 0)?;
+    let mut fixed = String::with_capacity(text.len() + missing);
+    for (index, current) in lines.iter().enumerate() {
+        if index == line - 1 {
+            fixed.extend(std::iter::repeat_n(' ', missing));
+        }
+        fixed.push_str(current);
+    }
+    Some(fixed)
 }
 
 fn yaml_error(error: serde_saphyr::Error) -> DslError {

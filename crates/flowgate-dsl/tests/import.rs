@@ -301,3 +301,18 @@ fn an_extractor_parameter_of_an_unknown_type_names_the_node_and_field() {
     assert_eq!(found.field.as_deref(), Some("data.parameters[1].type"));
     assert!(found.line.is_some(), "{found}");
 }
+
+/// A quoted scalar whose continuation lines sit no deeper than its key: YAML says no, PyYAML
+/// (Dify's importer) reads it. The expected strings are what PyYAML 6's `yaml.safe_load` gives
+/// for this file.
+#[test]
+fn quoted_scalars_continued_below_their_key_read_as_pyyaml_reads_them() {
+    let text = include_str!("data/underindented_quoted_scalars.yml");
+    let document = Document::load(text).unwrap_or_else(|error| panic!("PyYAML loads this file: {error}"));
+    assert_eq!(document.app.description, "Summarise the ticket and say whether it is 'urgent' 'yes' or 'no'");
+    let end = document.graph().and_then(|graph| graph.node("end")).expect("the end node");
+    assert_eq!(end.title, "End of the 'line'");
+    assert_eq!(document.node_line("end"), Some(18), "line numbers still point into the file as written");
+    let wrapped = serde_json::json!({ "data": text }).to_string();
+    assert_eq!(Document::load(&wrapped).unwrap().graph().unwrap().node("end").unwrap().title, "End of the 'line'");
+}
