@@ -32,6 +32,19 @@ use flowgate_engine::{Engine, Limits, Plan, Ports, RunEvent};
 
 use crate::wire::{Envelope, WireContext};
 
+/// Secrets are read from the environment only: a command-line argument is visible to every
+/// user of the machine in `ps`.
+const SERVE_ENVIRONMENT: &str = "\
+Read from the environment only (secrets stay out of the command line, which `ps` shows):
+  FLOWGATE_ADMIN_TOKEN      Enables the management API at /admin/v1 (Bearer token, at least 16
+                            characters); without it the management API is off
+  FLOWGATE_SANDBOX_API_KEY  Serves dify-sandbox's API at /v1/sandbox/run with this X-Api-Key;
+                            without it that API is off
+  CODE_EXECUTION_API_KEY    The key for a remote dify-sandbox named by --code-endpoint
+                            (default: dify-sandbox, as Dify's)
+  FLOWGATE_LOG              Log filter in RUST_LOG's syntax, e.g. `info,flowgate_store=debug`
+                            (default: info)";
+
 #[derive(Parser)]
 #[command(name = "flowgate", version, about = "Run Dify apps: check and run DSL exports")]
 struct Cli {
@@ -47,7 +60,10 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Serve the apps in the store over Dify's Service API.
+    #[command(after_help = SERVE_ENVIRONMENT)]
     Serve {
+        /// The address to listen on; the default 0.0.0.0 accepts connections on every network
+        /// interface (127.0.0.1:5001 keeps the server to this machine).
         #[arg(long, env = "FLOWGATE_LISTEN", default_value = "0.0.0.0:5001")]
         listen: std::net::SocketAddr,
         #[command(flatten)]

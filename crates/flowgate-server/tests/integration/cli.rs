@@ -175,3 +175,13 @@ fn events_come_first_as_service_api_payloads() {
     assert_eq!(started, finished);
     assert_eq!(started, expected["events"].as_array().unwrap().len() / 2);
 }
+
+#[test]
+fn serve_help_names_the_settings_read_only_from_the_environment() {
+    let help = flowgate(&["serve", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    for setting in ["FLOWGATE_ADMIN_TOKEN", "FLOWGATE_SANDBOX_API_KEY", "CODE_EXECUTION_API_KEY", "FLOWGATE_LOG"] {
+        assert!(help.stdout.contains(setting), "`serve --help` does not mention {setting}:\n{}", help.stdout);
+    }
+    assert!(help.stdout.contains("every network"), "the help says the default address listens on every interface:\n{}", help.stdout);
+}
